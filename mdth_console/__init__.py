@@ -1,0 +1,1 @@
+"""mdth operations console (Textual). Talks only to ``mdth_engine``'s public facade."""

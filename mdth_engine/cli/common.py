@@ -1,0 +1,141 @@
+"""What every `mdth` command shares: global options, settings, output modes and the exit-code contract.
+
+Output: rich on a TTY, plain lines otherwise, one JSON object per line with ``--json``. Exit codes: 0 success,
+1 when some work failed (the rest is kept), 2 for a usage error (one line, before any work starts).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from mdth_engine.core.errors import UsageError
+from mdth_engine.core.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+LakeOpt = Annotated[
+    str | None, typer.Option("--lake", help="Lake URL: a folder or gs://bucket/prefix (default: MDTH_LAKE).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")]
+
+
+@dataclasses.dataclass
+class CliState:
+    """Global options given before the command; command-level options override them."""
+
+    lake: str | None = None
+    json: bool = False
+    verbose: int = 0
+
+
+def state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def settings_for(ctx: typer.Context, lake: str | None = None, **overrides: Any) -> Settings:
+    """Settings with the command line on top: the command's ``--lake`` wins over the global one."""
+    try:
+        return load_settings(lake=lake or state(ctx).lake, **overrides)
+    except Exception as exc:  # pydantic validation: a bad env var or mdth.toml value
+        raise UsageError(f"invalid settings: {_first_line(exc)}") from None
+
+
+def json_mode(ctx: typer.Context, json_flag: bool = False) -> bool:
+    return json_flag or state(ctx).json
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def print_rows(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    fmt: str = "auto",
+    title: str | None = None,
+) -> None:
+    """Rows as a rich table on a TTY (``auto``), or ``csv`` / ``json`` (NDJSON) / ``plain`` text."""
+    if fmt == "auto":
+        fmt = "table" if is_tty() else "plain"
+    if fmt == "json":
+        for row in rows:
+            print_json({c: row.get(c) for c in columns})
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_cell(row.get(c)) for c in columns] for row in rows])
+        sys.stdout.write(buf.getvalue())
+        return
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=title, header_style="bold", show_edge=False, pad_edge=False)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for row in rows:
+            table.add_row(*[Text(_cell(row.get(c))) for c in columns])  # Text: engine strings are never markup
+        Console().print(table)
+        return
+    widths = [max([len(c), *(len(_cell(r.get(c))) for r in rows)]) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(_cell(r.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() for r in rows
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple | set):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def split_list(text: str | None) -> list[str]:
+    """A comma list from the command line (``None`` or empty -> no filter)."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def fail_usage(message: str) -> None:
+    raise UsageError(message)
+
+
+def iter_nonempty(lines: Iterable[str]) -> Iterable[str]:
+    return (line for line in lines if line.strip())

@@ -1,0 +1,90 @@
+"""Settings from ``MDTH_*`` environment variables and an optional ``mdth.toml``; loaded lazily, never at import.
+
+Precedence: command-line overrides > environment > ``mdth.toml`` (or the file ``MDTH_CONFIG`` names) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_TARDIS_API_URL = "https://api.tardis.dev/v1"
+DEFAULT_TARDIS_DATASETS_URL = "https://datasets.tardis.dev/v1"
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("MDTH_CONFIG", "mdth.toml"))
+
+
+class Settings(BaseSettings):
+    """What an operator can configure; every field is documented in the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="MDTH_", extra="ignore", populate_by_name=True)
+
+    lake: str = Field("./mdth-lake", description="Lake URL: a folder, or gs://bucket/prefix.")
+    tardis_api_url: str = Field(DEFAULT_TARDIS_API_URL, description="Tardis metadata API endpoint.")
+    tardis_datasets_url: str = Field(DEFAULT_TARDIS_DATASETS_URL, description="Tardis CSV datasets endpoint.")
+    tardis_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("MDTH_TARDIS_API_KEY", "TARDIS_API_KEY", "tardis_api_key"),
+        description="Tardis API key (also read from TARDIS_API_KEY). Never written anywhere.",
+    )
+    tardis_api_key_secret: str | None = Field(
+        None,
+        description="Secret Manager name of the Tardis key (projects/P/secrets/S[/versions/V]), used by VM workers.",
+    )
+    warehouse: str | None = Field(
+        None, description="Warehouse URL: duckdb:///path (default: <lake>/warehouse.duckdb) or bigquery://project/dataset."
+    )
+    gcp_project: str | None = Field(None, description="Google Cloud project for GCS, BigQuery and GCE.")
+    gcp_zone: str = Field("europe-west1-b", description="Compute Engine zone for shard VMs.")
+    gce_machine_type: str = Field("e2-standard-4", description="Machine type of shard VMs.")
+    gce_image: str = Field(
+        "projects/debian-cloud/global/images/family/debian-12", description="Boot image of shard VMs."
+    )
+    gce_service_account: str | None = Field(None, description="Service account email shard VMs run as.")
+    gce_spot: bool = Field(True, description="Run shard VMs as Spot VMs.")
+    gce_worker_image: str | None = Field(
+        None, description="Container image with mdth for shard VMs (else the startup script pip-installs mdth)."
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="Work units in flight per worker.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def warehouse_url(self) -> str:
+        """The configured warehouse, or a DuckDB file inside a local lake."""
+        if self.warehouse:
+            return self.warehouse
+        if self.lake.startswith("gs://"):
+            return "duckdb:///./mdth-warehouse.duckdb"
+        return f"duckdb:///{Path(self.lake).resolve() / 'warehouse.duckdb'}"
+
+    def api_key(self) -> str | None:
+        return self.tardis_api_key.get_secret_value() if self.tardis_api_key else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings as configured, with non-None ``overrides`` (command-line options) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

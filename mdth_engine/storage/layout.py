@@ -1,0 +1,87 @@
+"""Every path of the lake, in one place (DESIGN.md section 4). Paths are relative to the lake root."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+INSTRUMENTS_ROOT = "instrument_availability/by_date"
+RAW_ROOT = "raw_tick_data/by_date"
+CANDLES_ROOT = "processed_candles/by_date"
+REPORTS_ROOT = "validation_reports/by_date"
+STREAMING_ROOT = "streaming"
+JOBS_ROOT = "_jobs"
+
+_DAY_DIR = re.compile(r"day-(\d{4}-\d{2}-\d{2})")
+
+
+def day_dir(day: dt.date) -> str:
+    return f"day-{day.isoformat()}"
+
+
+def instruments_path(day: dt.date) -> str:
+    return f"{INSTRUMENTS_ROOT}/{day_dir(day)}/instruments.parquet"
+
+
+def raw_dir(day: dt.date, data_type: str) -> str:
+    return f"{RAW_ROOT}/{day_dir(day)}/data_type-{data_type}"
+
+
+def raw_path(day: dt.date, data_type: str, instrument_key: str) -> str:
+    return f"{raw_dir(day, data_type)}/{instrument_key}.parquet"
+
+
+def candles_dir(day: dt.date, timeframe: str) -> str:
+    return f"{CANDLES_ROOT}/{day_dir(day)}/timeframe-{timeframe}"
+
+
+def candles_path(day: dt.date, timeframe: str, instrument_key: str) -> str:
+    return f"{candles_dir(day, timeframe)}/{instrument_key}.parquet"
+
+
+def report_path(day: dt.date) -> str:
+    return f"{REPORTS_ROOT}/{day_dir(day)}/report.parquet"
+
+
+def report_summary_path(day: dt.date) -> str:
+    return f"{REPORTS_ROOT}/{day_dir(day)}/summary.json"
+
+
+def job_dir(job_id: str) -> str:
+    return f"{JOBS_ROOT}/{job_id}"
+
+
+def job_spec_path(job_id: str) -> str:
+    return f"{job_dir(job_id)}/spec.json"
+
+
+def job_plan_path(job_id: str) -> str:
+    return f"{job_dir(job_id)}/plan.parquet"
+
+
+def job_shard_path(job_id: str, shard: int) -> str:
+    return f"{job_dir(job_id)}/shards/{shard}.json"
+
+
+def job_results_prefix(job_id: str) -> str:
+    return f"{job_dir(job_id)}/results/"
+
+
+def job_result_path(job_id: str, shard: int, seq: int) -> str:
+    return f"{job_results_prefix(job_id)}{shard}-{seq:06d}.parquet"
+
+
+def job_log_path(job_id: str, shard: int) -> str:
+    return f"{job_dir(job_id)}/logs/{shard}.log"
+
+
+def day_of(path: str) -> dt.date | None:
+    """The UTC day a lake path belongs to, if it has a ``day-YYYY-MM-DD`` folder."""
+    match = _DAY_DIR.search(path)
+    return dt.date.fromisoformat(match.group(1)) if match else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Temp files of an atomic write in progress; listings never return them as data."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") and ".tmp-" in base
