@@ -24,5 +24,6 @@ def lake_summary(url: str, prefix: str = "") -> list[dict[str, Any]]:
         group[0] += 1
         group[1] += info.size
     return [
-        {"area": a, "day": d, "part": p, "files": v[0], "bytes": v[1]} for (a, d, p), v in sorted(groups.items())
+        {"area": a, "day": d, "part": p, "files": v[0], "bytes": v[1]}
+        for (a, d, p), v in sorted(groups.items())
     ]

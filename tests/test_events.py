@@ -44,7 +44,9 @@ def test_errors_and_finish_are_never_dropped_and_flush_pending_first():
 
 
 def test_event_json_round_trip_has_kind_and_counters():
-    ev = Event(Kind.UNIT, "download", job="j1", unit="2024-01-01/binance/trades/BTCUSDT", outcome="failed", rows=5)
+    ev = Event(
+        Kind.UNIT, "download", job="j1", unit="2024-01-01/binance/trades/BTCUSDT", outcome="failed", rows=5
+    )
     data = ev.to_dict()
     assert data["kind"] == "unit" and data["outcome"] == "failed" and data["rows"] == 5
     assert ev.is_failure

@@ -7,7 +7,13 @@ from mdth_engine.core.settings import Settings, load_settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in ("MDTH_LAKE", "MDTH_TARDIS_API_KEY", "TARDIS_API_KEY", "MDTH_WAREHOUSE", "MDTH_TARDIS_API_URL"):
+    for name in (
+        "MDTH_LAKE",
+        "MDTH_TARDIS_API_KEY",
+        "TARDIS_API_KEY",
+        "MDTH_WAREHOUSE",
+        "MDTH_TARDIS_API_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MDTH_CONFIG", str(tmp_path / "mdth.toml"))
 
@@ -18,7 +24,9 @@ def test_defaults_match_the_design():
     assert s.tardis_api_url == "https://api.tardis.dev/v1"
     assert s.tardis_datasets_url == "https://datasets.tardis.dev/v1"
     assert s.api_key() is None
-    assert s.warehouse_url().startswith("duckdb:///") and s.warehouse_url().endswith("mdth-lake/warehouse.duckdb")
+    assert s.warehouse_url().startswith("duckdb:///") and s.warehouse_url().endswith(
+        "mdth-lake/warehouse.duckdb"
+    )
 
 
 def test_env_then_toml_then_overrides(monkeypatch, tmp_path):

@@ -46,10 +46,13 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     lake: Annotated[
-        str | None, typer.Option("--lake", help="Lake URL: a folder or gs://bucket/prefix (default: MDTH_LAKE).")
+        str | None,
+        typer.Option("--lake", help="Lake URL: a folder or gs://bucket/prefix (default: MDTH_LAKE)."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More detail (repeatable).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More detail (repeatable).")
+    ] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,

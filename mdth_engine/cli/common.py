@@ -94,13 +94,16 @@ def print_rows(
         for c in columns:
             table.add_column(c, overflow="fold")
         for row in rows:
-            table.add_row(*[Text(_cell(row.get(c))) for c in columns])  # Text: engine strings are never markup
+            table.add_row(
+                *[Text(_cell(row.get(c))) for c in columns]
+            )  # Text: engine strings are never markup
         Console().print(table)
         return
     widths = [max([len(c), *(len(_cell(r.get(c))) for r in rows)]) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += [
-        "  ".join(_cell(r.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() for r in rows
+        "  ".join(_cell(r.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()
+        for r in rows
     ]
     sys.stdout.write("\n".join(lines) + "\n")
 

@@ -88,7 +88,9 @@ class _RichRenderer:
             task, total=ev.units_total or None, completed=ev.units_done, rows=ev.rows, rate=rate
         )
         if ev.kind is Kind.ERROR or ev.is_failure or ev.kind is Kind.WARNING:
-            text = Text(f"{ev.stage}: {ev.unit + ' ' if ev.unit else ''}{ev.outcome or ev.kind}: {ev.message}")
+            text = Text(
+                f"{ev.stage}: {ev.unit + ' ' if ev.unit else ''}{ev.outcome or ev.kind}: {ev.message}"
+            )
             text.stylize("red" if ev.kind is not Kind.WARNING else "yellow")
             self.progress.console.print(text)
 

@@ -75,7 +75,9 @@ class Throttle:
     The pending event is flushed before any event that is never dropped, and by ``flush()``.
     """
 
-    def __init__(self, sink: Sink, interval: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, sink: Sink, interval: float = 0.1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._sink = sink
         self._interval = interval
         self._clock = clock

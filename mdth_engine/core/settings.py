@@ -43,7 +43,8 @@ class Settings(BaseSettings):
         description="Secret Manager name of the Tardis key (projects/P/secrets/S[/versions/V]), used by VM workers.",
     )
     warehouse: str | None = Field(
-        None, description="Warehouse URL: duckdb:///path (default: <lake>/warehouse.duckdb) or bigquery://project/dataset."
+        None,
+        description="Warehouse URL: duckdb:///path (default: <lake>/warehouse.duckdb) or bigquery://project/dataset.",
     )
     gcp_project: str | None = Field(None, description="Google Cloud project for GCS, BigQuery and GCE.")
     gcp_zone: str = Field("europe-west1-b", description="Compute Engine zone for shard VMs.")
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
     gce_service_account: str | None = Field(None, description="Service account email shard VMs run as.")
     gce_spot: bool = Field(True, description="Run shard VMs as Spot VMs.")
     gce_worker_image: str | None = Field(
-        None, description="Container image with mdth for shard VMs (else the startup script pip-installs mdth)."
+        None,
+        description="Container image with mdth for shard VMs (else the startup script pip-installs mdth).",
     )
     concurrency: int = Field(8, ge=1, le=256, description="Work units in flight per worker.")
 

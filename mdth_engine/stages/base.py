@@ -79,3 +79,42 @@ class UnitResult:
         out = dataclasses.asdict(self)
         out["outcome"] = str(self.outcome)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a user asked a stage for: dates and selectors; JSON-serialisable (it goes into job specs)."""
+
+    operation: str  # instruments | download | candles | validate | upload
+    start: dt.date
+    end: dt.date
+    venues: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    data_types: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()  # instrument keys or Tardis symbols
+    bases: tuple[str, ...] = ()
+    max_instruments: int | None = None
+    timeframes: tuple[str, ...] = ()
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # force, on_bad_rows, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["start"], out["end"] = self.start.isoformat(), self.end.isoformat()
+        for name in ("venues", "types", "data_types", "symbols", "bases", "timeframes"):
+            out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in fields}
+        kw["start"], kw["end"] = dt.date.fromisoformat(kw["start"]), dt.date.fromisoformat(kw["end"])
+        for name in ("venues", "types", "data_types", "symbols", "bases", "timeframes"):
+            kw[name] = tuple(kw.get(name) or ())
+        kw["options"] = dict(kw.get("options") or {})
+        return cls(**kw)
+
+    def days(self) -> list[dt.date]:
+        from mdth_engine.core.timeframes import day_range
+
+        return day_range(self.start, self.end)
