@@ -142,3 +142,51 @@ def fail_usage(message: str) -> None:
 
 def iter_nonempty(lines: Iterable[str]) -> Iterable[str]:
     return (line for line in lines if line.strip())
+
+
+def execute_stage(
+    ctx: typer.Context, request: Any, settings: Settings, json_flag: bool, concurrency: int | None
+) -> None:
+    """Run a stage in this process with progress and a summary; exit 1 when any unit failed."""
+    code = run_reported(ctx, request, settings, json_flag, concurrency)
+    if code:
+        raise typer.Exit(code)
+
+
+def run_reported(
+    ctx: typer.Context, request: Any, settings: Settings, json_flag: bool, concurrency: int | None
+) -> int:
+    """Run a stage with progress, print its failures and a one-line summary, return its exit code."""
+    import asyncio
+
+    from mdth_engine.api import run_stage
+    from mdth_engine.cli.progress import progress_sink
+
+    as_json = json_mode(ctx, json_flag)
+    with progress_sink(as_json) as sink:
+        summary = asyncio.run(run_stage(request, settings, sink=sink, concurrency=concurrency))
+    if as_json:
+        print_json({"kind": "summary", **summary.to_dict()})
+    else:
+        for failure in summary.failures:
+            typer.echo(f"{failure.outcome}: {failure.unit_id}: {failure.reason}", err=True)
+        outcomes = ", ".join(f"{v} {k}" for k, v in sorted(summary.outcomes.items())) or "nothing to do"
+        typer.echo(
+            f"{request.operation}: {summary.units} units ({outcomes}), {summary.rows:,} rows in {summary.seconds:.1f} s"
+        )
+    return summary.exit_code
+
+
+def date_range(start: str | None, end: str | None, date: str | None = None) -> tuple[Any, Any]:
+    """``--start/--end`` (inclusive) or ``--date``; checked before any work starts."""
+    from mdth_engine.core.timeframes import day_range, parse_day
+
+    if date:
+        day = parse_day(date, "--date")
+        return day, day
+    if not start:
+        raise UsageError("give --start (and --end), or --date")
+    first = parse_day(start, "--start")
+    last = parse_day(end, "--end") if end else first
+    day_range(first, last)
+    return first, last
