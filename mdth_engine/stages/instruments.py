@@ -18,7 +18,13 @@ import pyarrow.compute as pc
 
 from mdth_engine.core.errors import UsageError
 from mdth_engine.core.events import Event, Kind
-from mdth_engine.core.keys import EXCHANGE_TO_VENUE, INSTRUMENT_TYPES, VENUE_TO_EXCHANGE, key_from_tardis
+from mdth_engine.core.keys import (
+    EXCHANGE_TO_VENUE,
+    INSTRUMENT_TYPES,
+    VENUE_TO_EXCHANGE,
+    key_from_tardis,
+    parse_key,
+)
 from mdth_engine.core.timeframes import UTC
 from mdth_engine.sources import tardis
 from mdth_engine.stages.base import Outcome, Request, UnitResult, WorkUnit
@@ -206,12 +212,12 @@ def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]
             }
         )
     if chain_entry is not None:
-        underlyings = sorted(
-            {(r["base_asset"], r["quote_asset"]) for r in rows if r["instrument_type"] == "OPTION"}
-        )
-        for base, quote in underlyings:
-            option = next(r for r in rows if r["instrument_type"] == "OPTION" and r["base_asset"] == base)
-            key = f"{snap.venue}:OPTION_CHAIN:{base}-{quote}"
+        chains: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["instrument_type"] == "OPTION":
+                chains.setdefault(str(parse_key(row["instrument_key"]).chain_key()), row)
+        for key, option in sorted(chains.items()):
+            base, quote = option["base_asset"], option["quote_asset"]
             rows.append(
                 {
                     "instrument_key": key,
