@@ -234,3 +234,11 @@ def test_publisher_accepts_columns_in_another_order(store: ObjectStore) -> None:
     assert written.rows == 100
     with store.open_read("o.parquet") as f:
         assert pq.read_table(f).equals(table)
+
+
+def test_nanosecond_timestamps_are_reported_in_microseconds(store: ObjectStore) -> None:
+    ns = pa.array([T0_US * 1000 + 2_999, T0_US * 1000 + 7_000_001], pa.timestamp("ns", tz="UTC"))
+    write_table(store, "ns.parquet", pa.table({"local_timestamp": ns}), {})
+    provenance = read_provenance(store, "ns.parquet")
+    assert provenance["first_timestamp"] == iso(T0_US + 2)  # type: ignore[index]
+    assert provenance["last_timestamp"] == iso(T0_US + 7000)  # type: ignore[index]

@@ -342,17 +342,15 @@ def test_open_store_urls(tmp_path: Path) -> None:
 
 def test_open_store_is_lazy_and_imports_no_google() -> None:
     probe = (
-        "import sys, time; t = time.perf_counter();"
+        "import sys;"
         "from mdth_engine.storage.store import open_store;"
         "s = open_store('gs://some-bucket/lake'); s.url; s.join('a');"
-        "print(int('google.cloud.storage' in sys.modules), time.perf_counter() - t)"
+        "print(int('google.cloud.storage' in sys.modules))"
     )
     env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
     env["PYTHONPATH"] = str(REPO)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
-    loaded, seconds = out.stdout.split()
-    assert loaded == "0", "open_store must not import the Google client"
-    assert float(seconds) < 1.0
+    assert out.stdout.strip() == "0", "open_store must not import (or build) the Google client"
 
 
 def test_gcs_missing_bucket_is_a_store_error(gcs_emulator) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,14 @@ from typing import Any, BinaryIO
 
 from mdth_engine.core.errors import NotFound, StoreError
 from mdth_engine.storage.layout import is_temp_name
-from mdth_engine.storage.store import ObjectInfo, ReadCounter, Staged, check_path, check_prefix
+from mdth_engine.storage.store import (
+    ObjectInfo,
+    ReadCounter,
+    Staged,
+    check_path,
+    check_prefix,
+    os_store_error,
+)
 
 DEFAULT_UPLOAD_CHUNK = 16 * 1024 * 1024  # resumable upload chunk (files above the client's 8 MiB single shot)
 DEFAULT_READ_CHUNK = 256 * 1024  # open_read buffer: each miss fetches one ranged GET of this size
@@ -246,9 +253,12 @@ class GCSStore:
         """A spool file in ``spool_dir`` (or the system temp folder), uploaded on commit, removed either way."""
         check_path(path)
         folder = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir())
-        folder.mkdir(parents=True, exist_ok=True)
         name = path.rsplit("/", 1)[-1]
-        fd, temp_name = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=folder)
+        except OSError as exc:
+            raise os_store_error(exc, "spooling", str(folder)) from exc
         os.close(fd)
         temp = Path(temp_name)
 

@@ -235,7 +235,7 @@ class ParquetPublisher:
         column = table.column(self._time_column)
         if not pa.types.is_timestamp(column.type):
             return
-        column = column.cast(pa.timestamp("us", tz="UTC"))
+        column = column.cast(pa.timestamp("us", tz="UTC"), safe=False)  # ns -> us for the footer only
         bounds = pc.min_max(column)
         low, high = bounds["min"], bounds["max"]
         if low.is_valid:
