@@ -240,7 +240,7 @@ class DownloadStage:
                 "bad_rows": result.bad_rows,
             }
             for pub in publishers.values():
-                pub.provenance.update(source)
+                pub.add_provenance(source)
         outcome = Outcome.WRITTEN if result.rows else Outcome.EMPTY
         total = sum(pub.written.bytes for pub in publishers.values() if pub.written)
         reason = f"{result.bad_rows} bad rows quarantined in {quarantine}" if result.bad_rows else ""

@@ -147,6 +147,10 @@ class ParquetPublisher:
         self._last: int | None = None
         self.written: WrittenFile | None = None
 
+    def add_provenance(self, values: dict[str, Any]) -> None:
+        """Provenance known only once the rows are written (e.g. the hash of the source just read)."""
+        self._extra.update(_caller_provenance(values))
+
     # --- context ------------------------------------------------------------------------------------------
 
     def __enter__(self) -> ParquetPublisher:
