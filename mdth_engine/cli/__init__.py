@@ -78,7 +78,7 @@ def _register() -> None:
     import mdth_engine.cli as pkg
 
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name in {"common", "progress"}:
+        if info.name.startswith("_"):  # __main__ runs the CLI when imported
             continue
         module = importlib.import_module(f"mdth_engine.cli.{info.name}")
         register = getattr(module, "register", None)

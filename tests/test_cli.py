@@ -1,0 +1,65 @@
+"""The CLI contract: --version, exit code 2 with one line for usage errors, `mdth lake ls` counts."""
+
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+from typer.testing import CliRunner
+
+from mdth_engine import __version__
+from mdth_engine.cli import app
+from mdth_engine.storage import layout
+from mdth_engine.storage.parquet import write_table
+from mdth_engine.storage.store import open_store
+
+runner = CliRunner()
+
+
+def mdth(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mdth_engine.cli", *args], capture_output=True, text=True)
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mdth {__version__}"
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path):
+    for args, needle in [
+        (["instruments", "--start", "2024-13-01", "--lake", str(tmp_path)], "is not a date"),
+        (
+            ["instruments", "--start", "2024-01-02", "--end", "2024-01-01", "--lake", str(tmp_path)],
+            "before start",
+        ),
+        (
+            ["instruments", "--start", "2024-01-01", "--venues", "NOPE", "--lake", str(tmp_path)],
+            "unknown venue",
+        ),
+        (["lake", "ls", "--lake", "s3://bucket/x"], "s3://bucket/x"),
+    ]:
+        proc = mdth(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_lake_ls_counts_files_and_bytes_per_area_and_day(tmp_path):
+    store = open_store(str(tmp_path))
+    table = pa.table({"x": list(range(100))})
+    day = dt.date(2024, 1, 2)
+    for key in ("BINANCE:SPOT_PAIR:BTC-USDT", "BINANCE:SPOT_PAIR:ETH-USDT"):
+        write_table(store, layout.raw_path(day, "trades", key), table, {"data_type": "trades"})
+    write_table(store, layout.instruments_path(day), table, {})
+    result = runner.invoke(app, ["--json", "lake", "ls", "--lake", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    by_area = {(r["area"], r["part"]): r for r in rows}
+    raw = by_area[("raw_tick_data", "trades")]
+    assert raw["files"] == 2 and raw["day"] == "2024-01-02"
+    assert raw["bytes"] == sum(i.size for i in store.list("raw_tick_data/"))
+    assert by_area[("instrument_availability", "")]["files"] == 1
+    empty = runner.invoke(app, ["lake", "ls", "--lake", str(tmp_path / "nothing")])
+    assert empty.exit_code == 0 and "empty" in empty.output
