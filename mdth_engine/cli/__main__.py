@@ -1,5 +1,6 @@
-"""`python -m mdth_engine.cli`: the same as the `mdth` script (used to start workers)."""
+"""`python -m mdth_engine.cli`: the same as `mdth` (how local backends start workers with this interpreter)."""
 
 from mdth_engine.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
