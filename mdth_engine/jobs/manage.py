@@ -136,12 +136,21 @@ def run_job(
     backend: str,
     settings: Settings,
     sink: Sink = null_sink,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     **follow_options: Any,
 ) -> JobStatus:
     """Create, launch and follow a job to its end; ``status.exit_code`` is 1 when any unit failed."""
     from mdth_engine.jobs.follow import follow_job
 
-    spec = create_job(store, request, shards=shards, backend=backend, settings=settings, sink=sink)
+    spec = create_job(
+        store,
+        request,
+        shards=shards,
+        backend=backend,
+        settings=settings,
+        sink=sink,
+        max_attempts=max_attempts,
+    )
     launch_job(store, spec.job_id, settings)
     return follow_job(store, spec.job_id, sink, settings=settings, **follow_options)
 

@@ -103,7 +103,7 @@ class _Progress:
             r.rows, r.bytes = self.rows, self.bytes
             r.est_bytes_total = sum(self.est.values())
             r.est_bytes_done = est_done
-            if span > 0.5:
+            if span > 0.05:
                 r.rate_bytes_s = (self.bytes - b0) / span
                 r.rate_units_s = (units_done - u0) / span
                 est_rate = (est_done - e0) / span
@@ -137,11 +137,16 @@ async def arun_shard(
     settings: Settings | None = None,
     sink: Sink = null_sink,
     *,
-    heartbeat_s: float = HEARTBEAT_S,
+    heartbeat_s: float | None = None,
     flush_s: float = FLUSH_S,
     handle_signals: bool = False,
 ) -> ShardRun:
-    """Run one shard; ``handle_signals`` turns SIGTERM into a clean stop (results flushed, state recorded)."""
+    """Run one shard; ``handle_signals`` turns SIGTERM into a clean stop (results flushed, state recorded).
+
+    The heartbeat interval defaults to ``MDTH_WORKER_HEARTBEAT_S`` or 2 s.
+    """
+    if heartbeat_s is None:
+        heartbeat_s = float(os.environ.get("MDTH_WORKER_HEARTBEAT_S") or HEARTBEAT_S)
     from mdth_engine.jobs.secrets import with_api_key
     from mdth_engine.jobs.spec import worker_settings
     from mdth_engine.stages.registry import StageContext, get_stage
@@ -159,6 +164,7 @@ async def arun_shard(
     if previous is not None:
         record.relaunches = previous.relaunches
         record.vm = previous.vm
+        record.last_error = previous.last_error  # e.g. why this attempt was launched, until a newer error
         record.attempt = previous.attempt if previous.state == rec.LAUNCHED else previous.attempt + 1
     record.attempt = max(1, record.attempt)
     record.host, record.pid = socket.gethostname(), os.getpid()
