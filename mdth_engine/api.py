@@ -192,6 +192,59 @@ class Lake:
             "calendar": calendar,
         }
 
+    # -- ticks and candles (ranged reads: mdth_engine.reader) -------------------------------------------------
+    def ticks(
+        self,
+        key: str,
+        data_type: str,
+        start: Any,
+        end: Any,
+        *,
+        columns: list[str] | None = None,
+        by: str = "timestamp",
+    ) -> pa.Table:
+        """Tick rows with ``by`` (exchange ``timestamp``, or ``local_timestamp``) in [start, end), UTC."""
+        from mdth_engine.reader import ticks
+
+        return ticks(self, key, data_type, start, end, columns=columns, by=by)
+
+    def sparse_ticks(
+        self,
+        key: str,
+        data_type: str,
+        times: Any,
+        *,
+        buffer: Any = "1m",
+        columns: list[str] | None = None,
+        by: str = "timestamp",
+    ) -> pa.Table:
+        """Tick rows in [t - buffer, t + buffer) for every t, each file read once, with a query_time column."""
+        from mdth_engine.reader import sparse_ticks
+
+        return sparse_ticks(self, key, data_type, times, buffer=buffer, columns=columns, by=by)
+
+    def candles(
+        self, key: str, timeframe: str, start: Any, end: Any, *, columns: list[str] | None = None
+    ) -> pa.Table:
+        """Candles whose bucket starts in [start, end), UTC."""
+        from mdth_engine.reader import candles
+
+        return candles(self, key, timeframe, start, end, columns=columns)
+
+    def sparse_candles(
+        self,
+        key: str,
+        times: Any,
+        timeframe: str = "1m",
+        *,
+        buffer: Any = "5m",
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Candles starting in [t - buffer, t + buffer] for every t, with a query_time column."""
+        from mdth_engine.reader import sparse_candles
+
+        return sparse_candles(self, key, times, timeframe, buffer=buffer, columns=columns)
+
 
 def missing_master_days(request: Request, settings: Settings) -> list[dt.date]:
     """Days of a request whose instrument master is missing or lacks a requested venue."""
@@ -209,17 +262,14 @@ def missing_master_days(request: Request, settings: Settings) -> list[dt.date]:
 
 
 async def ensure_instruments(request: Request, settings: Settings, *, sink: Sink = null_sink):
-    """Build the instrument master for the days of ``request`` that lack it; None when nothing was missing."""
+    """Build the instrument master for the days of ``request`` that lack it (one run: each venue fetched once)."""
     import dataclasses
 
-    days = missing_master_days(request, settings)
+    from mdth_engine.stages.registry import get_stage
+
+    days = set(missing_master_days(request, settings))
     if not days:
         return None
-    venues = request.venues
-    summaries = []
-    for day in days:  # usually a contiguous range; one run per day keeps the plan exact
-        sub = dataclasses.replace(
-            request, operation="instruments", start=day, end=day, venues=venues, options={}
-        )
-        summaries.append(await run_stage(sub, settings, sink=sink, concurrency=1))
-    return summaries
+    sub = dataclasses.replace(request, operation="instruments", start=min(days), end=max(days), options={})
+    units = [u for u in get_stage("instruments", stage_context(settings)).plan(sub) if u.day in days]
+    return await run_stage(sub, settings, sink=sink, concurrency=4, units=units)

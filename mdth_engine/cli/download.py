@@ -37,7 +37,7 @@ SymbolsOpt = Annotated[
 ]
 BasesOpt = Annotated[str | None, typer.Option("--bases", help="Base assets, e.g. BTC,ETH.")]
 MaxOpt = Annotated[
-    int | None, typer.Option("--max-instruments", min=1, help="At most N instruments per day.")
+    int | None, typer.Option("--max-instruments", min=1, help="At most N instruments per venue and day.")
 ]
 ShardsOpt = Annotated[int, typer.Option("--shards", min=1, help="Run as a job over N workers.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="Where shards run: local or gce.")]
@@ -88,11 +88,10 @@ def prepare_master(ctx: typer.Context, request, settings, json_flag: bool) -> No
     from mdth_engine.cli.progress import progress_sink
 
     with progress_sink(json_mode(ctx, json_flag)) as sink:
-        summaries = asyncio.run(ensure_instruments(request, settings, sink=sink))
-    for summary in summaries or []:
-        if summary.exit_code:
-            reasons = "; ".join(f.reason for f in summary.failures[:3])
-            raise typer.Exit(_fail(f"instrument master could not be built: {reasons}"))
+        summary = asyncio.run(ensure_instruments(request, settings, sink=sink))
+    if summary is not None and summary.exit_code:
+        reasons = "; ".join(f.reason for f in summary.failures[:3])
+        raise typer.Exit(_fail(f"instrument master could not be built: {reasons}"))
 
 
 def _fail(message: str) -> int:

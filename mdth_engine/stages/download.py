@@ -79,8 +79,11 @@ def select_instruments(table: pa.Table, request: Request, day: dt.date) -> pa.Ta
         )
         mask = pc.and_(mask, hit)
     selected = table.filter(pc.fill_null(mask, False))
-    if request.max_instruments:
-        selected = selected.slice(0, request.max_instruments)
+    if request.max_instruments:  # per venue, so a multi-venue request keeps every venue
+        first: dict[str, int] = {}
+        venues = selected["venue"].to_pylist()  # the master is sorted by key, so each venue is contiguous
+        keep = [i - first.setdefault(v, i) < request.max_instruments for i, v in enumerate(venues)]
+        selected = selected.filter(pa.array(keep, pa.bool_()))
     return selected
 
 
@@ -205,8 +208,6 @@ class DownloadStage:
 
             def publisher(key: str) -> Any:
                 if key not in publishers:
-                    if key not in outputs:
-                        raise ValueError(f"{data_type} row for {key}, which is not in the instrument master")
                     publishers[key] = stack.enter_context(
                         ParquetPublisher(
                             self.ctx.store,
@@ -221,7 +222,9 @@ class DownloadStage:
             single = next(iter(outputs)) if data_type != "options_chain" else None
 
             def sink(group: str | None, batch: pa.RecordBatch) -> None:
-                publisher(group or single).write_batch(batch)
+                key = group or single
+                if key in outputs:  # a grouped file holds every underlying; keep the selected ones
+                    publisher(key).write_batch(batch)
 
             result = convert_file(
                 src,
@@ -241,13 +244,14 @@ class DownloadStage:
             }
             for pub in publishers.values():
                 pub.add_provenance(source)
-        outcome = Outcome.WRITTEN if result.rows else Outcome.EMPTY
+        rows = sum(pub.rows for pub in publishers.values())
+        outcome = Outcome.WRITTEN if rows else Outcome.EMPTY
         total = sum(pub.written.bytes for pub in publishers.values() if pub.written)
         reason = f"{result.bad_rows} bad rows quarantined in {quarantine}" if result.bad_rows else ""
         return UnitResult(
             unit.unit_id,
             outcome,
-            rows=result.rows,
+            rows=rows,
             bytes=total,
             output=unit.output,
             reason=reason,
