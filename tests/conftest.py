@@ -1,4 +1,4 @@
-"""Shared fixtures: the GCS emulator (one process per session) and fresh stores. Others append theirs below."""
+"""Shared fixtures: the GCS emulator (one process per session), fresh stores, and the simulator (sim_fixtures)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gcs_emulator import GCSEmulator
+from sim_fixtures import *  # noqa: F403  (sim_server, sim_env, make_sim_server, sim_process, sim_cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from mdth_engine.api import Lake, run_stage
 from mdth_engine.core.errors import UsageError
 from mdth_engine.core.keys import EXCHANGE_TO_VENUE
 from mdth_engine.core.settings import load_settings
-from mdth_engine.simulator import SimulatorServer
 from mdth_engine.simulator.universe import instruments_live
 from mdth_engine.stages.base import Request
 from mdth_engine.storage import layout
@@ -24,16 +23,13 @@ SIM_TYPE = {"spot": "SPOT_PAIR", "perpetual": "PERPETUAL", "future": "FUTURE", "
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    with SimulatorServer(cache_dir=tmp_path_factory.mktemp("sim-cache")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def week_lake(sim, tmp_path_factory):
+def week_lake(sim_server, tmp_path_factory):
     lake = str(tmp_path_factory.mktemp("lake"))
     settings = load_settings(
-        lake=lake, tardis_api_url=sim.api_url, tardis_datasets_url=sim.datasets_url, tardis_api_key="k"
+        lake=lake,
+        tardis_api_url=sim_server.api_url,
+        tardis_datasets_url=sim_server.datasets_url,
+        tardis_api_key="k",
     )
     summary = asyncio.run(run_stage(Request("instruments", *WEEK), settings))
     assert summary.exit_code == 0 and summary.outcomes == {"written": 7}
@@ -115,19 +111,15 @@ def test_rerun_rewrites_nothing(week_lake):
     assert [read_provenance(week_lake.store, p)["written_at"] for p in paths] == before
 
 
-def test_metadata_refused_says_what_it_could_not_fill_in(tmp_path, tmp_path_factory):
+def test_metadata_refused_says_what_it_could_not_fill_in(tmp_path, make_sim_server):
     # The source refuses /v1/instruments (as Tardis does for a key whose plan lacks it); exchange details are public.
-    with SimulatorServer(
-        cache_dir=tmp_path_factory.mktemp("c"), faults="401:p=1:path=^/v1/instruments"
-    ) as server:
-        settings = load_settings(
-            lake=str(tmp_path), tardis_api_url=server.api_url, tardis_datasets_url=server.datasets_url
-        )
-        events = []
-        request = Request(
-            "instruments", dt.date(2024, 3, 27), dt.date(2024, 3, 27), venues=("BINANCE-FUTURES",)
-        )
-        summary = asyncio.run(run_stage(request, settings, sink=events.append))
+    server = make_sim_server(faults="401:p=1:path=^/v1/instruments")
+    settings = load_settings(
+        lake=str(tmp_path), tardis_api_url=server.api_url, tardis_datasets_url=server.datasets_url
+    )
+    events = []
+    request = Request("instruments", dt.date(2024, 3, 27), dt.date(2024, 3, 27), venues=("BINANCE-FUTURES",))
+    summary = asyncio.run(run_stage(request, settings, sink=events.append))
     assert summary.exit_code == 0
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("metadata: unauthorized (no API key)" in w for w in warnings), warnings
