@@ -103,7 +103,7 @@ def print_plan(ctx: typer.Context, units, json_flag: bool) -> None:
     total = sum(u.est_bytes for u in units)
     if json_mode(ctx, json_flag):
         for unit in units:
-            print_json({"kind": "unit", **unit.to_dict()})
+            print_json({"kind": "plan_unit", **unit.to_dict()})
         print_json({"kind": "plan", "units": len(units), "est_bytes": total})
         return
     rows = [

@@ -1,0 +1,206 @@
+"""Download against the simulator with the real tardis-dev client: outcomes, faults healed by retries, every
+written file equal to its source (decoded independently with the csv module), idempotent re-runs, bad input."""
+
+import asyncio
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pyarrow.parquet as pq
+from sim_fixtures import SIM_API_KEY
+
+from mdth_engine.api import ensure_instruments, run_stage
+from mdth_engine.core.schemas import CSV_COLUMNS, csv_to_lake_name
+from mdth_engine.core.settings import load_settings
+from mdth_engine.stages.base import Request
+from mdth_engine.storage.parquet import read_provenance
+from mdth_engine.storage.store import open_store
+
+DAY = dt.date(2024, 3, 12)
+SYMBOLS = ("BINANCE:SPOT_PAIR:BTC-USDT", "BINANCE-FUTURES:PERPETUAL:BTC-USDT", "DERIBIT:OPTION_CHAIN:BTC-USD")
+TYPES = ("trades", "book_snapshot_5", "derivative_ticker", "liquidations", "options_chain")
+
+
+def settings_for(sim, lake, key=SIM_API_KEY):
+    return load_settings(
+        lake=str(lake), tardis_api_url=sim.api_url, tardis_datasets_url=sim.datasets_url, tardis_api_key=key
+    )
+
+
+def download(settings, *, day=DAY, symbols=SYMBOLS, data_types=TYPES, **options):
+    request = Request("download", day, day, symbols=symbols, data_types=data_types, options=options)
+    asyncio.run(ensure_instruments(request, settings))
+    return asyncio.run(run_stage(request, settings, concurrency=6))
+
+
+def source_rows(sim, unit_id):
+    """The source file of a unit, fetched directly and decoded with the csv module (independent of mdth)."""
+    day, exchange, data_type, symbol = unit_id.split("/")[0], *unit_id.split("/")[1:]
+    url = f"{sim.datasets_url}/{exchange}/{data_type}/{day.replace('-', '/')}/{symbol}.csv.gz"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {SIM_API_KEY}"})
+    with urllib.request.urlopen(req) as resp:
+        text = gzip.decompress(resp.read()).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert not rows or list(rows[0]) == CSV_COLUMNS[data_type]
+    return rows
+
+
+def normalise(data_type, row):
+    out = {}
+    for name, value in row.items():
+        if name in ("exchange",) or (name == "symbol" and data_type != "options_chain"):
+            continue
+        lake = csv_to_lake_name(data_type, name)
+        if value == "":
+            out[lake] = None
+        elif name in ("timestamp", "local_timestamp", "funding_timestamp", "expiration"):
+            out[lake] = int(value)
+        elif name in ("id", "side", "type", "symbol", "underlying_index"):
+            out[lake] = value
+        elif name == "is_snapshot":
+            out[lake] = value == "true"
+        else:
+            out[lake] = float(value)
+    return out
+
+
+def lake_rows(table):
+    rows = []
+    for row in table.to_pylist():
+        row.pop("instrument_key", None)
+        rows.append(
+            {k: (int(v.timestamp() * 1_000_000) if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+        )
+    return rows
+
+
+def test_outcomes_and_every_file_equals_its_source(sim_server, tmp_path):
+    settings = settings_for(sim_server, tmp_path)
+    summary = download(settings)
+    assert summary.exit_code == 0, [f.reason for f in summary.failures]
+    store = open_store(str(tmp_path))
+    assert summary.outcomes.get("written", 0) >= 6
+    for result in summary.results:
+        data_type = result.unit_id.split("/")[2]
+        source = [normalise(data_type, r) for r in source_rows(sim_server, result.unit_id)]
+        if data_type == "options_chain":
+            source = [r for r in source if r["symbol"].startswith("BTC-")]
+        table = pq.read_table(store.local_path(result.output))
+        assert table.num_rows == len(source) == result.rows, result.unit_id
+        assert lake_rows(table) == source, result.unit_id
+        prov = read_provenance(store, result.output)
+        assert int(prov["rows"]) == len(source) and len(prov["source_sha256"]) == 64
+        assert prov["source_url"].endswith(
+            result.unit_id.split("/", 2)[2].replace("/", "/2024/03/12/", 1) + ".csv.gz"
+        )
+        assert result.outcome == ("written" if source else "empty")
+
+
+def test_rerun_skips_and_force_rewrites(sim_server, tmp_path):
+    settings = settings_for(sim_server, tmp_path)
+    first = download(settings, symbols=SYMBOLS[:1], data_types=("trades",))
+    assert first.outcomes == {"written": 1}
+    again = download(settings, symbols=SYMBOLS[:1], data_types=("trades",))
+    assert again.outcomes == {"skipped": 1}
+    forced = download(settings, symbols=SYMBOLS[:1], data_types=("trades",), force=True)
+    assert forced.outcomes == {"written": 1}
+
+
+def test_faults_are_retried_until_every_unit_is_written(make_sim_server, tmp_path):
+    # Each dataset path fails once with each fault before it succeeds; the client and the stage must heal all of it.
+    sim = make_sim_server(faults="429:first=1:retry_after=0,cut:first=1,truncate:first=1")
+    settings = settings_for(sim, tmp_path)
+    summary = download(settings, symbols=SYMBOLS[:2], data_types=("trades", "book_snapshot_5"))
+    assert summary.exit_code == 0, [f.reason for f in summary.failures]
+    assert summary.outcomes == {"written": 4}
+    assert {"429", "cut", "truncate"} <= set(sim.faults.fired)
+    store = open_store(str(tmp_path))
+    for result in summary.results:
+        source = source_rows(sim, result.unit_id)
+        assert pq.read_metadata(store.local_path(result.output)).num_rows == len(source)
+
+
+def test_a_unit_that_keeps_failing_is_reported_and_the_rest_is_kept(make_sim_server, tmp_path):
+    sim = make_sim_server(faults="404:p=1:path=/trades/.*BTCUSDT")
+    settings = settings_for(sim, tmp_path)
+    summary = download(settings, symbols=SYMBOLS[:1], data_types=("trades", "book_snapshot_5"))
+    assert summary.outcomes == {"not_found": 1, "written": 1}
+    assert summary.exit_code == 0  # not_found is an outcome, not a failure of the run
+
+
+def test_unauthorized_off_the_first_of_the_month_without_a_key(sim_server, tmp_path):
+    settings = settings_for(sim_server, tmp_path, key=None)
+    first = download(settings, day=dt.date(2024, 3, 1), symbols=SYMBOLS[:1], data_types=("trades",))
+    assert first.outcomes == {"written": 1}
+    other = download(settings, day=DAY, symbols=SYMBOLS[:1], data_types=("trades",))
+    assert other.outcomes == {"unauthorized": 1} and other.exit_code == 1
+    assert "MDTH_TARDIS_API_KEY" in other.failures[0].reason or "401" in other.failures[0].reason
+    assert not any(open_store(str(tmp_path)).list("raw_tick_data/by_date/day-2024-03-12/"))
+
+
+def test_not_exported_yet(sim_server, tmp_path):
+    settings = settings_for(sim_server, tmp_path)
+    day = dt.date(2025, 6, 3)  # the simulator's fixed "now" is 2025-06-01: exported until 2025-05-31
+    summary = download(settings, day=day, symbols=SYMBOLS[:1], data_types=("trades",))
+    assert summary.outcomes == {"not_exported": 1}
+
+
+def mdth(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_bad_input_exits_2_before_any_download(sim_server, tmp_path):
+    import os
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    cases = [
+        (["download", "--start", "2024-03-12", "--venues", "KRAKEN"], "unknown venue 'KRAKEN'"),
+        (["download", "--start", "2024-03-12", "--end", "2024-03-10"], "before start"),
+        (["download", "--start", "2024-03-12", "--data-types", "trade"], "unknown data type 'trade'"),
+        (
+            ["download", "--start", "2018-06-01", "--venues", "BINANCE-FUTURES"],
+            "BINANCE-FUTURES has no instruments",
+        ),
+        (["download", "--start", "2024-03-12", "--symbols", "BINANCE:SPOT_PAIR:BTC-USDX"], "did you mean"),
+        (["download", "--start", "2024-03-12", "--symbols", "BINANCE:SPOT:BTC-USDT"], "type 'SPOT'"),
+    ]
+    for args, needle in cases:
+        proc = mdth(*args, env=env)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("mdth: error")]
+        assert len(errors) == 1 and needle in errors[0], (args, proc.stderr)
+    assert not any(open_store(str(tmp_path)).list("raw_tick_data/"))
+
+
+def test_dry_run_prints_the_plan_and_downloads_nothing(sim_server, tmp_path):
+    import os
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    proc = mdth(
+        "--json", "download", "--start", "2024-03-12", "--symbols", ",".join(SYMBOLS), "--dry-run", env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    units = [line for line in lines if line["kind"] == "plan_unit"]
+    plan = next(line for line in lines if line["kind"] == "plan")
+    assert plan["units"] == len(units) > 0 and plan["est_bytes"] == sum(u["est_bytes"] for u in units)
+    assert [u["unit_id"] for u in units] == sorted((u["unit_id"] for u in units), key=lambda i: i.split("/"))
+    assert not any(open_store(str(tmp_path)).list("raw_tick_data/"))
+
+
+def test_cli_download_prints_a_summary_and_exit_code(sim_server, tmp_path):
+    import os
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    proc = mdth(
+        "download", "--start", "2024-03-12", "--symbols", SYMBOLS[0], "--data-types", "trades", env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "download: 1 units (1 written)" in proc.stdout
