@@ -29,8 +29,12 @@ FAIL_LIST = "fake/fail.json"
 CALLS: dict[str, int] = {}  # unit id -> run_unit calls that wrote, in this process
 
 SITECUSTOMIZE = """
-from mdth_engine.stages import registry
-registry.STAGES.setdefault("fake", "test_jobs_support:make_stage")
+try:
+    from mdth_engine.stages import registry
+except ImportError:  # an interpreter without mdth (e.g. the system python3 the startup script uses)
+    pass
+else:
+    registry.STAGES.setdefault("fake", "test_jobs_support:make_stage")
 """
 
 

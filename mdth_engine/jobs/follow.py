@@ -46,7 +46,11 @@ class Supervisor:
             if record.state == rec.PENDING:
                 self._launch(record, "")
                 continue
-            reason = self.dead_reason(record, status.at)
+            try:
+                reason = self.dead_reason(record, status.at)
+            except Exception as exc:  # the backend cannot be asked right now: judge again at the next poll
+                self._warn(f"shard {record.shard}: cannot check its worker: {exc}")
+                continue
             if reason:
                 self.heal(record, reason, cancelled=status.cancel_requested)
 

@@ -95,9 +95,7 @@ def launch_shard(
     try:
         backend.launch(spec, shard, record.attempt)
     except Exception as exc:
-        record.last_error = (
-            f"launch failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-        )
+        record.last_error = f"launch failed: {_line(exc)}"
         rec.write_shard(store, record)
         raise
     return record
@@ -113,11 +111,16 @@ def launch_job(store: Any, job_id: str, settings: Settings) -> None:
         try:
             launch_shard(store, spec, shard, backend)
         except Exception as exc:
-            errors.append(f"shard {shard}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
+            errors.append(f"shard {shard}: {_line(exc)}")
     if pending and len(errors) == len(pending):
         for shard in pending:
             _mark(store, spec.job_id, shard, rec.DEAD, "could not be launched")
         raise MdthError(f"no shard of {job_id} could be launched: {errors[0]}")
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _mark(store: Any, job_id: str, shard: int, state: str, error: str) -> None:

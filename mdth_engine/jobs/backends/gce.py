@@ -119,7 +119,7 @@ class GceBackend:
         deadline = time.monotonic() + OPERATION_TIMEOUT_S
         op = operation
         delay = 0.2
-        while str(getattr(op, "status", "")).rsplit(".", 1)[-1] != "DONE":
+        while _enum_name(getattr(op, "status", "")) != "DONE":
             if time.monotonic() > deadline:
                 raise MdthError(
                     f"{what}: operation {operation.name} not done after {OPERATION_TIMEOUT_S:.0f}s"
@@ -226,7 +226,10 @@ class GceBackend:
             return cached[2]
         flt = f'labels.{LABEL_JOB} = "{_label(spec.job_id)}"'
         try:
-            found = list(self.instances.list(project=self.project, zone=self.zone, filter=flt))
+            from google.cloud import compute_v1
+
+            request = compute_v1.ListInstancesRequest(project=self.project, zone=self.zone, filter=flt)
+            found = list(self.instances.list(request=request))
         except Exception as exc:
             raise MdthError(f"listing VMs of {spec.job_id}: {_api_error(exc)}") from None
         self._listing = (now, spec.job_id, found)
@@ -245,7 +248,7 @@ class GceBackend:
             found = [max(found, key=lambda i: int(dict(i.labels).get(LABEL_ATTEMPT, "0") or 0))]
         if not found:
             return GONE
-        state = str(found[0].status)
+        state = _enum_name(found[0].status)
         if state in _STOPPED_STATES:
             return PREEMPTED
         return ALIVE if state in _ALIVE_STATES or not state else GONE
@@ -277,6 +280,11 @@ class GceBackend:
             self._delete(name)
         self._listing = None
         return names
+
+
+def _enum_name(value: Any) -> str:
+    """A proto enum's name (``str()`` of an IntEnum is its number on Python 3.11+)."""
+    return str(getattr(value, "name", value))
 
 
 def _api_error(exc: BaseException) -> str:
