@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Annotated
 
 import typer
@@ -14,6 +15,11 @@ app = typer.Typer(
     help="The built-in market simulator (a Tardis-compatible API and a Binance-style feed).",
     no_args_is_help=True,
 )
+
+
+@app.callback()
+def _group() -> None:
+    """The built-in market simulator (a Tardis-compatible API and a Binance-style feed)."""
 
 
 @app.command()
@@ -111,8 +117,11 @@ def serve(
                 "# days other than the 1st of a month need a key: any non-empty MDTH_TARDIS_API_KEY works"
             )
         typer.echo("Ctrl-C to stop.", err=True)
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await sim.stop()
 

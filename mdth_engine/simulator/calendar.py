@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 
 from mdth_engine.core.timeframes import US_PER_DAY, day_start_us
 
+_UNIX = dt.date(1970, 1, 1)
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 US_PER_HOUR = 3_600_000_000
 EXPIRY_HOUR_US = 8 * US_PER_HOUR  # Deribit and Binance delivery: 08:00 UTC
@@ -22,6 +24,7 @@ def add_months(day: dt.date, months: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+@functools.lru_cache(maxsize=65536)
 def deribit_code(day: dt.date) -> str:
     """``9JUN20``: day without a leading zero, upper-case month, two-digit year."""
     return f"{day.day}{MONTHS[day.month - 1]}{day.year % 100:02d}"
@@ -31,22 +34,26 @@ def yymmdd(day: dt.date) -> str:
     return day.strftime("%y%m%d")
 
 
+@functools.lru_cache(maxsize=65536)
 def expiry_us(day: dt.date) -> int:
     return day_start_us(day) + EXPIRY_HOUR_US
 
 
+@functools.lru_cache(maxsize=65536)
 def iso_ms(us: int) -> str:
     """``2024-06-28T08:00:00.000Z`` for microseconds since the epoch."""
     value = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(us))
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
+@functools.lru_cache(maxsize=65536)
 def iso_day(day: dt.date) -> str:
     return f"{day.isoformat()}T00:00:00.000Z"
 
 
+@functools.lru_cache(maxsize=65536)
 def us_day(us: int) -> dt.date:
-    return dt.date(1970, 1, 1) + dt.timedelta(days=int(us) // US_PER_DAY)
+    return _UNIX + dt.timedelta(days=int(us) // US_PER_DAY)
 
 
 def fridays_between(first: dt.date, last: dt.date) -> list[dt.date]:

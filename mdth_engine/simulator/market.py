@@ -241,9 +241,10 @@ def book_core(ctx: Ctx, w: int) -> BookCore:
     taker = orders(ctx, w).times
     # Every taker order moves the book at its own millisecond; the rest of the updates come in bursts.
     extra = max(expected - taker.size, 0.3 * expected)
-    ts = np.unique(
+    ts = np.sort(
         np.concatenate((_bursty_updates(r, inst.underlying, ctx.day, t0, t1, int(r.poisson(extra))), taker))
     )
+    ts = ts[np.concatenate(([True], ts[1:] != ts[:-1]))]
     fair = fair_price(inst, ts)
     tick = ctx.tick.value
     spread = spread_ticks(r, fair, tick, prof.spread_ticks, prof.spread_bps)
@@ -267,6 +268,32 @@ class Depth:
     bid_amt: np.ndarray
 
 
+def _side_levels(
+    seed_col: np.ndarray, ts: np.ndarray, best: np.ndarray, side: int, m: int, k: int, density: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(prices, level hashes, offsets from the touch, number present) of the first ``k`` present levels
+    among ``m`` candidate prices per row."""
+    offsets = np.arange(m, dtype=np.int64)
+    price = best[:, None] + side * offsets[None, :]
+    valid = (best[:, None] > 0) & (price > 0)
+    side_seed = mix64(seed_col ^ np.uint64(0xA5A5 if side > 0 else 0x5A5A))
+    h_price = hash_combine(side_seed, price)
+    period = (200_000 + (unit(h_price) ** 2) * 20_000_000).astype(np.int64)  # 0.2 s .. 20 s
+    period = np.where(offsets[None, :] == 0, period // 4 + 50_000, period)
+    phase = (unit(mix64(h_price ^ np.uint64(77))) * period).astype(np.int64)
+    h = hash_combine(h_price, (ts[:, None] + phase) // period)
+    present = valid & ((unit(h) < density) | (offsets[None, :] == 0))
+    order = np.argsort(~present, axis=1, kind="stable")[:, :k]
+    rows = np.arange(best.size)[:, None]
+    chosen = present[rows, order]
+    return (
+        np.where(chosen, price[rows, order], -1),
+        h[rows, order],
+        np.where(chosen, order, -1),
+        present.sum(1),
+    )
+
+
 def depth_levels(
     seed: np.ndarray | np.uint64,
     ts: np.ndarray,
@@ -281,38 +308,30 @@ def depth_levels(
     """Top ``k`` levels per side at each update.
 
     A price level's presence and size are hashes of (instrument, price, epoch), where each level refreshes on
-    its own period, so consecutive updates change only a few levels, as in real books.
-    ``usd_unit`` is the USD value of one amount unit at each update, ``level_usd`` the median level notional.
+    its own period, so consecutive updates change only a few levels, as in real books. The result for ``k``
+    levels is always the first ``k`` of the result for 25. ``usd_unit`` is the USD value of one amount unit at
+    each update, ``level_usd`` the median level notional.
     """
-    n = ts.size
-    m = max(k + 4, math.ceil(DEPTH_LEVELS / max(density, 0.05) * 1.6) + 4)
-    offsets = np.arange(m, dtype=np.int64)
+    m_full = max(k, math.ceil(DEPTH_LEVELS / max(density, 0.05) * 1.6) + 4)
+    m = 1 if k == 1 else min(m_full, math.ceil(k / max(density, 0.05) * 2.5) + 6)
     seed_arr = np.asarray(seed, dtype=np.uint64)
-    seed_col = seed_arr[:, None] if seed_arr.ndim else seed_arr
-    t_col = ts[:, None]
+    level = np.asarray(level_usd, dtype=np.float64)
     out = []
     for side, best in ((1, ask), (-1, bid)):
-        price = best[:, None] + side * offsets[None, :]
-        valid = (best[:, None] > 0) & (price > 0)
-        side_seed = mix64(seed_col ^ np.uint64(0xA5A5 if side > 0 else 0x5A5A))
-        h_price = hash_combine(side_seed, price)
-        period = (200_000 + (unit(h_price) ** 2) * 20_000_000).astype(np.int64)  # 0.2 s .. 20 s
-        period = np.where(offsets[None, :] == 0, period // 4 + 50_000, period)
-        phase = (unit(mix64(h_price ^ np.uint64(77))) * period).astype(np.int64)
-        epoch = (t_col + phase) // period
-        h = hash_combine(h_price, epoch)
-        present = valid & ((unit(h) < density) | (offsets[None, :] == 0))
-        z = normal_from_hash(h)
-        level = np.asarray(level_usd, dtype=np.float64)
-        level = level[:, None] if level.ndim else level
-        notional = level * np.exp(1.0 * z - 0.5) * (0.35 + 0.65 * np.minimum(offsets, 6)[None, :] / 6)
-        amt = to_steps(notional / usd_unit[:, None], step)
-        order = np.argsort(~present, axis=1, kind="stable")[:, :k]
-        rows = np.arange(n)[:, None]
-        sel_present = present[rows, order]
-        px = np.where(sel_present, price[rows, order], -1)
-        am = np.where(sel_present, amt[rows, order], 0)
-        out.append((px, am))
+        seed_col = seed_arr[:, None] if seed_arr.ndim else seed_arr
+        px, h, off, count = _side_levels(seed_col, ts, best, side, m, k, density)
+        short = np.nonzero((count < k) & (best > 0))[0] if m < m_full else np.empty(0, dtype=np.int64)
+        if short.size:  # not enough levels near the touch: look as deep as the 25-level book does
+            sub_seed = seed_arr[short][:, None] if seed_arr.ndim else seed_arr
+            px[short], h[short], off[short], _ = _side_levels(
+                sub_seed, ts[short], best[short], side, m_full, k, density
+            )
+        lvl = level[:, None] if level.ndim else level
+        notional = (
+            lvl * np.exp(normal_from_hash(h) - 0.5) * (0.35 + 0.65 * np.minimum(np.maximum(off, 0), 6) / 6)
+        )
+        amt = np.where(px >= 0, to_steps(notional / usd_unit[:, None], step), 0)
+        out.append((px, amt))
     (ask_px, ask_amt), (bid_px, bid_amt) = out
     return Depth(ask_px, ask_amt, bid_px, bid_amt)
 
@@ -391,16 +410,15 @@ def id_origin(inst: Instrument) -> int:
     return 10_000_000 + int(seed64("id-origin", inst.exchange, inst.dataset_id) % np.uint64(90_000_000))
 
 
-def taker_buy_probability(underlying: str, t: np.ndarray) -> np.ndarray:
-    """Takers lean into the last 30 s move: more buys while the price rises."""
-    now = paths.log_spot(underlying, t)
-    before = paths.log_spot(underlying, t - 30_000_000)
-    vol = paths.daily_value("vol", underlying, t) * math.sqrt(30 / 86_400)
-    return 0.5 + 0.22 * np.tanh((now - before) / np.maximum(vol, 1e-9))
+def taker_buy_probability(inst: Instrument, t: np.ndarray) -> np.ndarray:
+    """Takers lean into the instrument's last 30 s move: more buys while its price rises."""
+    move = np.log(fair_price(inst, t)) - np.log(fair_price(inst, t - 30_000_000))
+    vol = paths.daily_value("vol", inst.underlying, t) * math.sqrt(30 / 86_400)
+    return 0.5 + 0.22 * np.tanh(move / np.maximum(vol, 1e-9))
 
 
-def fill_sides(r: np.random.Generator, t: np.ndarray, underlying: str) -> np.ndarray:
-    return r.random(t.size) < taker_buy_probability(underlying, t)
+def fill_sides(r: np.random.Generator, t: np.ndarray, inst: Instrument) -> np.ndarray:
+    return r.random(t.size) < taker_buy_probability(inst, t)
 
 
 def split_orders(r: np.random.Generator, n: int) -> np.ndarray:
@@ -451,7 +469,7 @@ def trades(ctx: Ctx, w: int) -> Trades:
     plan = orders(ctx, w)
     fills, orders_t = plan.fills, plan.times
     core = book_core(ctx, w)
-    buy_order = fill_sides(r, orders_t, inst.underlying)
+    buy_order = fill_sides(r, orders_t, inst)
     notional = order_notional(r, fills.size, prof.notional_usd)
     lat_order = latency(r, fills.size, prof.latency_ms)
     ts = np.repeat(orders_t, fills)

@@ -308,7 +308,10 @@ def _book_index(book: ChainBook, opt: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Index of each (option, time)'s latest book update at or before it."""
     keys = book.opt.astype(np.int64) * _MS_BAND + book.ts // 1000
     q = opt.astype(np.int64) * _MS_BAND + t // 1000
-    return np.clip(np.searchsorted(keys, q, side="right") - 1, 0, max(len(book) - 1, 0))
+    last = max(len(book) - 1, 0)
+    idx = np.clip(np.searchsorted(keys, q, side="right") - 1, 0, last)
+    # Before the option's first update in this window: use that first update.
+    return np.where(book.opt[idx] == opt, idx, np.minimum(idx + 1, last)) if len(book) else idx
 
 
 @functools.lru_cache(maxsize=32)
@@ -389,10 +392,14 @@ def chain_ticker(cctx: ChainCtx, w: int) -> ChainTicker:
     times = _uniform_in(cctx, opt, t0, t1, r)
     first = np.nonzero(alive)[0]
     start_rows = t0[first] + r.integers(0, 2_000_000, first.size)
+    # A new day opens with every option's last ticker from before midnight, received just after it.
+    from_before = (w == 0) & (cctx.listing[first] < w0)
+    start_rows = np.where(from_before, w0 - r.integers(1_000, 3_000_000, first.size), start_rows)
     opt = np.concatenate((first, opt))
     times = np.concatenate((np.minimum(start_rows, t1[first] - 1), times))
+    early = np.concatenate((from_before, np.zeros(times.size - first.size, dtype=bool)))
     order = np.lexsort((times, opt))
-    opt, ts = opt[order], times[order] // 1000 * 1000
+    opt, ts, early = opt[order], times[order] // 1000 * 1000, early[order]
     val = value(cctx, opt, ts)
     book = chain_book(cctx, w)
     idx = _book_index(book, opt, ts)
@@ -440,6 +447,7 @@ def chain_ticker(cctx: ChainCtx, w: int) -> ChainTicker:
     fut_listing = np.array([futures.get(int(e), -1) for e in cctx.expiry], dtype=np.int64)[opt]
     und_future = (fut_listing >= 0) & (fut_listing <= ts)
     local = ts + latency(r, ts.size, 9.0)
+    local = np.where(early, w0 + r.integers(20_000, 400_000, ts.size), local)
     und_dec = 2 if cctx.underlying in ("BTC", "ETH") else 4
     return ChainTicker(
         opt,
