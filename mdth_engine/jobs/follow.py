@@ -64,8 +64,8 @@ class Supervisor:
                 return ""  # it finished (or was relaunched) after we read it
             if presence == PREEMPTED:
                 return f"VM {record.vm or ''} preempted or stopped".replace("  ", " ")
-            if record.state == rec.LAUNCHED and self.spec.backend == "gce" and age < 30:
-                return ""  # the VM may not be listed yet
+            if record.state == rec.LAUNCHED and age < (30 if self.spec.backend == "gce" else 5):
+                return ""  # the VM may not be listed yet, the process may be between fork and exec
             what = "VM is gone" if self.spec.backend == "gce" else "process exited"
             return f"{what} before the shard finished" + (
                 f" ({record.last_error})" if record.last_error else ""

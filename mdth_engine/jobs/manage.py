@@ -18,7 +18,7 @@ from mdth_engine.core.errors import MdthError, UsageError
 from mdth_engine.core.events import Sink, null_sink
 from mdth_engine.core.settings import Settings
 from mdth_engine.jobs import records as rec
-from mdth_engine.jobs.backends import ALIVE, Backend, check_backend, get_backend
+from mdth_engine.jobs.backends import ALIVE, UNKNOWN, Backend, check_backend, get_backend
 from mdth_engine.jobs.sharding import assign_shards, effective_shards
 from mdth_engine.jobs.spec import DEFAULT_MAX_ATTEMPTS, JobSpec, new_job_id, settings_snapshot, who
 from mdth_engine.jobs.status import JobStatus
@@ -87,7 +87,10 @@ def launch_shard(
     record.relaunches = relaunches
     record.backend = spec.backend
     record.vm = backend.instance_name(spec, shard, record.attempt)
-    record.host, record.pid = "", None
+    record.host, record.pid = (
+        getattr(backend, "host", ""),
+        None,
+    )  # local: this machine; the worker adds its pid
     record.started_at = record.finished_at = None
     record.eta_s = None
     record.last_error = note or record.last_error
@@ -174,8 +177,9 @@ def cancel_job(
         except MdthError:
             pass  # the record still asks the worker to stop
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if all(r.final for r in rec.read_shards(store, spec)):
+    while time.monotonic() < deadline:  # until every worker stopped (or, elsewhere, recorded that it did)
+        records = rec.read_shards(store, spec)
+        if all(r.final or backend.status(spec, r.shard, r) not in (ALIVE, UNKNOWN) for r in records):
             break
         time.sleep(0.2)
     marked = []

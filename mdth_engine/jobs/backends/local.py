@@ -151,10 +151,8 @@ class LocalBackend:
             return ALIVE if child.poll() is None else GONE
         if self._pids(spec, shard, record):
             return ALIVE
-        if record is not None and record.host and record.host != self.host:
-            return UNKNOWN  # another machine's worker: only its heartbeat tells
-        if record is not None and not record.pid:
-            return UNKNOWN  # launched by another process here and not started yet
+        if record is not None and record.host != self.host:
+            return UNKNOWN  # another machine's worker (or launcher): only its heartbeat tells
         return GONE
 
     def logs(self, spec: Any, shard: int, tail: int | None = None) -> str:
