@@ -8,6 +8,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -279,3 +281,26 @@ def test_cli_runs_validates_and_plans(lake):
     result = runner.invoke(app, ["--json", "candles", "--start", "2024-01-01", "--lake", root])
     summary = json.loads(result.stdout.splitlines()[-1])
     assert result.exit_code == 0 and summary["outcomes"] == {"written": 3}
+
+
+def test_cli_as_a_sharded_job(lake):
+    store, _, _ = lake
+    args = [
+        "candles",
+        "--start",
+        "2024-01-01",
+        "--shards",
+        "2",
+        "--timeframes",
+        "1h",
+        "--lake",
+        str(store.root),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(store.exists(layout.candles_path(DAY, "1h", key)) for key in (SPOT, PERP, CHAIN))

@@ -100,6 +100,43 @@ def test_windows_return_exactly_the_rows_of_a_full_read(store, day_trades, layou
     assert (stats.page_reads > 0) == (layout_kind == "paged")
 
 
+def with_nulls(table: pa.Table, seed: int) -> pa.Table:
+    """Nulls in a string, a dictionary and a float column."""
+    rng = np.random.default_rng(seed)
+
+    def blank(column: pa.ChunkedArray, share: float) -> pa.ChunkedArray:
+        mask = pa.array(rng.random(len(column)) < share)
+        return pc.if_else(mask, pa.scalar(None, column.type), column)
+
+    side = blank(table["side"].combine_chunks().dictionary_decode(), 0.2).dictionary_encode()
+    table = table.set_column(2, "id", blank(table["id"], 0.5))
+    table = table.set_column(3, "side", side.cast(table.schema.field("side").type))
+    return table.set_column(4, "price", blank(table["price"], 0.3))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"data_page_version": "2.0"},
+        {"use_dictionary": True, "compression": "snappy"},
+        {"use_byte_stream_split": ["price", "amount"], "write_page_checksum": True},
+    ],
+)
+def test_page_reads_follow_any_writer_settings(local_store, tmp_path, options):
+    """Pages are decoded by pyarrow itself: encodings, page versions, codecs and nulls are its business."""
+    table = with_nulls(arrival_trades(DAY, 20_000, seed=3), seed=4)
+    settings = {"compression": "zstd", "use_dictionary": ["side"], "write_page_index": True, **options}
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=5000, max_rows_per_page=700, **settings)
+    local_store.put_file("x.parquet", tmp_path / "x.parquet")
+    windows = [(T0 + h * 60 * MIN, T0 + h * 60 * MIN + 10 * MIN) for h in range(24)]
+    stats = ReadStats()
+    got = read_windows(local_store, "x.parquet", windows, stats=stats)
+    for (start, end), part in zip(windows, got, strict=True):
+        assert part.equals(expected(table, start, end))
+    assert stats.page_reads > 0 and stats.misses == 0
+
+
 def test_only_the_row_groups_and_columns_needed_are_fetched(store, day_trades):
     FOOTERS.clear()
     path = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=4096)

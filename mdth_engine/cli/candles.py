@@ -62,8 +62,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build candles (15s to 24h) with microstructure features from the ticks in the lake.
 
-        Idempotent: an instrument-day whose candle files list the same input files and feature spec version
-        is skipped; --force rebuilds it.
+        Idempotent: candles whose files list the same inputs and feature spec are skipped (--force rebuilds).
         """
         if backend not in ("local", "gce"):
             raise typer.BadParameter("use local or gce", param_hint="--backend")
