@@ -31,6 +31,8 @@ from mdth_engine.simulator.live import LiveFeed, default_clock, serve_ws
 from mdth_engine.simulator.universe import EXCHANGES, find_instrument, grouped_symbol
 
 CHUNK = 256 * 1024
+BODY_FAULT = web.RequestKey("mdth_sim_body_fault", object)
+SLOW_FAULT = web.RequestKey("mdth_sim_slow_fault", object)
 GZIP_JSON_MIN = 2048
 
 
@@ -71,6 +73,7 @@ class SimulatorApp:
         self.executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="mdth-sim")
         self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=100_000)
         self._meta: dict[tuple, bytes] = {}
+        self._gzipped: dict[int, bytes] = {}
         self._meta_lock = threading.Lock()
         self.clock = default_clock(
             config.live_start if isinstance(config.live_start, dt.datetime) else None, config.live_speed
@@ -109,8 +112,8 @@ class SimulatorApp:
         status_fault = next((f for f in fired if f.kind in STATUS_KINDS), None)
         slow = next((f for f in fired if f.kind == "slow"), None)
         body_fault = next((f for f in fired if f.kind in ("cut", "truncate")), None)
-        request["body_fault"] = body_fault
-        request["slow"] = slow
+        request[BODY_FAULT] = body_fault
+        request[SLOW_FAULT] = slow
         label = ",".join(f.kind for f in fired)
         status = 500
         try:
@@ -170,17 +173,23 @@ class SimulatorApp:
         data = await asyncio.get_running_loop().run_in_executor(
             self.executor, lambda: json.dumps(build(), separators=(",", ":")).encode()
         )
+        gz = await asyncio.get_running_loop().run_in_executor(self.executor, _gzip_bytes, data)
         with self._meta_lock:
             if len(self._meta) > 64:
                 self._meta.clear()
+                self._gzipped.clear()
             self._meta[key] = data
+            self._gzipped[id(data)] = gz
         return data
 
     def _meta_response(self, request: web.Request, data: bytes) -> web.Response:
+        """JSON, gzip-encoded (with ``Content-Encoding``) when the client accepts it and it is large."""
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if len(data) >= GZIP_JSON_MIN and "gzip" in request.headers.get("Accept-Encoding", ""):
             headers["Content-Encoding"] = "gzip"
-            data = _gzip_bytes(data)
+            with self._meta_lock:
+                cached = self._gzipped.get(id(data))
+            data = cached if cached is not None else _gzip_bytes(data)
         return web.Response(body=data, headers=headers)
 
     # -- metadata -------------------------------------------------------------------------------------------
@@ -362,8 +371,8 @@ class SimulatorApp:
         """Stream the cached file; a body fault truncates it (complete response) or cuts the connection."""
         loop = asyncio.get_running_loop()
         size = path.stat().st_size
-        body_fault: FaultRule | None = request.get("body_fault")
-        slow: FaultRule | None = request.get("slow")
+        body_fault: FaultRule | None = request.get(BODY_FAULT)  # type: ignore[assignment]
+        slow: FaultRule | None = request.get(SLOW_FAULT)  # type: ignore[assignment]
         truncate = body_fault is not None and body_fault.kind == "truncate"
         cut = body_fault is not None and body_fault.kind == "cut"
         length = max(size // 2, min(size, 10)) if truncate else size
@@ -378,10 +387,10 @@ class SimulatorApp:
                 chunk = await loop.run_in_executor(self.executor, fh.read, min(CHUNK, limit - sent))
                 if not chunk:
                     break
+                if slow is not None:  # trickle: the body takes the other half of the delay
+                    await asyncio.sleep(slow.delay / 2 / pieces)
                 await response.write(chunk)
                 sent += len(chunk)
-                if slow is not None:
-                    await asyncio.sleep(slow.delay / 2 / pieces)
         if cut:
             if request.transport is not None:
                 request.transport.close()  # the connection drops mid-body

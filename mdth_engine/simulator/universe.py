@@ -19,7 +19,7 @@ from mdth_engine.simulator.paths import open_price
 
 ALL_BOOK = ("trades", "incremental_book_L2", "quotes", "book_snapshot_25", "book_snapshot_5")
 DERIV = (*ALL_BOOK, "derivative_ticker", "liquidations")
-FAR_FUTURE = dt.date(2100, 1, 1)
+LAST_EXPIRY = dt.date(2041, 1, 1)  # the price paths end in 2042
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -943,7 +943,7 @@ def find_instrument(exchange: str, dataset_id: str) -> Instrument | None:
             expiry = dt.datetime.strptime(m.group(1), "%y%m%d").date()
         except ValueError:
             return None
-    if expiry is None:
+    if expiry is None or not (EXCHANGES[exchange].since < expiry < LAST_EXPIRY):
         return None
     for inst in _dated_expiring(exchange, expiry, expiry):
         if inst.dataset_id == symbol:
