@@ -20,9 +20,13 @@ from mdth_engine.reader import thrift
 # Parquet physical type and repetition codes (parquet.thrift) the reader cares about.
 INT64 = 2
 REPEATED = 2
-_FOOTER_CACHE_SIZE = 256
+_FOOTER_CACHE_SIZE = 64  # a parsed footer of a day of ticks is ~1 MB of Python objects at most
 TAIL_GUESS = 16 * 1024  # a day of ticks in 64k-row groups has a ~25 KiB footer: at most two small reads
 MAGIC = b"PAR1"
+# What a single-column file rebuilt from a chunk needs (pages.py); the rest (statistics, size statistics,
+# row groups) is dropped after parsing to keep cached footers small.
+_KEPT_META = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 11, 13})  # ColumnMetaData
+_KEPT_FILE = frozenset({1, 2, 6, 7})  # FileMetaData: version, schema, created_by, column_orders
 _TIME_UNIT_TO_US = {1: (1000, 1), 2: (1, 1), 3: (1, 1000)}  # MILLIS, MICROS, NANOS -> (multiply, divide)
 
 
@@ -39,7 +43,7 @@ class ChunkInfo:
     offset_index: tuple[int, int] | None
     min_us: int | None  # statistics of timestamp columns, in microseconds
     max_us: int | None
-    meta: thrift.Struct  # the raw ColumnMetaData
+    meta: thrift.Struct  # the ColumnMetaData fields in _KEPT_META
 
     @property
     def end(self) -> int:
@@ -62,7 +66,7 @@ class Footer:
     generation: str | None
     size: int
     metadata: pq.FileMetaData
-    raw: thrift.Struct
+    raw: thrift.Struct  # the FileMetaData fields in _KEPT_FILE
     names: tuple[str, ...]  # top-level column names, in file order
     flat: bool  # every column is a top-level primitive (the page-level reader needs it)
     schema: pa.Schema
@@ -175,7 +179,7 @@ def parse_footer(path: str, footer: bytes, size: int, generation: str | None) ->
                     offset_index=offset_index,
                     min_us=low,
                     max_us=high,
-                    meta=meta,
+                    meta=thrift.Struct({k: v for k, v in meta.items() if k in _KEPT_META}),
                 )
             )
         rows = group.get_value(3)
@@ -190,7 +194,7 @@ def parse_footer(path: str, footer: bytes, size: int, generation: str | None) ->
         generation=generation,
         size=size,
         metadata=metadata,
-        raw=raw,
+        raw=thrift.Struct({k: v for k, v in raw.items() if k in _KEPT_FILE}),
         names=names,
         flat=flat,
         schema=schema,

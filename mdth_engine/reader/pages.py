@@ -42,11 +42,13 @@ class PageLocations:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PageBounds:
-    """A timestamp column's column index: per page min/max in microseconds; all-null pages excluded."""
+    """A timestamp column's column index: per page min/max in microseconds, whether they are known, and
+    whether the page holds only nulls (no time: never in a window)."""
 
     low: np.ndarray
     high: np.ndarray
-    valid: np.ndarray
+    known: np.ndarray
+    null: np.ndarray
 
 
 def parse_offset_index(data: bytes, num_rows: int) -> PageLocations:
@@ -68,18 +70,22 @@ def parse_time_bounds(data: bytes, unit: tuple[int, int]) -> PageBounds:
     n = len(nulls)
     low = np.zeros(n, dtype=np.int64)
     high = np.zeros(n, dtype=np.int64)
-    valid = np.zeros(n, dtype=bool)
+    known = np.zeros(n, dtype=bool)
     for k in range(n):
         lo = to_us(int64_value(mins[k]) if k < len(mins) else None, unit, upper=False)
         hi = to_us(int64_value(maxs[k]) if k < len(maxs) else None, unit, upper=True)
-        if not nulls[k] and lo is not None and hi is not None:
-            low[k], high[k], valid[k] = lo, hi, True
-    return PageBounds(low, high, valid)
+        if lo is not None and hi is not None:
+            low[k], high[k], known[k] = lo, hi, True
+    return PageBounds(low, high, known, np.array(nulls, dtype=bool))
 
 
 def rows_for_window(bounds: PageBounds, pages: PageLocations, start_us: int, end_us: int) -> tuple[int, int]:
-    """Rows ``[r0, r1)`` of the row group that may hold values in ``[start_us, end_us)``; (0, 0) for none."""
-    hit = bounds.valid & (bounds.low < end_us) & (bounds.high >= start_us)
+    """Rows ``[r0, r1)`` of the row group that may hold values in ``[start_us, end_us)``; (0, 0) for none.
+
+    A page without known bounds counts as a hit: pruning may only ever skip what cannot match.
+    """
+    overlap = (bounds.low < end_us) & (bounds.high >= start_us)
+    hit = ~bounds.null & (~bounds.known | overlap)
     if not hit.any():
         return 0, 0
     which = np.flatnonzero(hit)
