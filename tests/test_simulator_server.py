@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import gzip
 import io
+import itertools
 import json
 import time
 import urllib.request
@@ -184,7 +184,7 @@ async def test_klines_match_the_trades(sim_server) -> None:  # noqa: F811
     rows = json.loads(body)
     empty = [r for r in rows if r[8] == 0]
     assert empty and all(r[1] == r[2] == r[3] == r[4] and float(r[5]) == 0 for r in empty)
-    for prev, row in zip(rows, rows[1:], strict=False):
+    for prev, row in itertools.pairwise(rows):
         if row[8] == 0:
             assert row[4] == prev[4]
     for query, code in (("symbol=NOPE&interval=1m", -1121), ("symbol=BTCUSDT&interval=7m", -1120)):
@@ -201,7 +201,7 @@ async def _collect(url: str, seconds: float, send: list[dict] | None = None) -> 
         while time.monotonic() < deadline:
             try:
                 msg = await ws.receive(timeout=max(deadline - time.monotonic(), 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if msg.type == aiohttp.WSMsgType.TEXT:
                 out.append(json.loads(msg.data))

@@ -70,7 +70,11 @@ class SimulatorApp:
         self.config = config
         self.faults = faults or Faults()
         self.cache = DatasetCache(config.cache_path, config.scale_factor, config.scale_tag)
-        self.executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="mdth-sim")
+        # Generation is CPU-bound and gets its own threads; file reads, metadata and live events never wait on it.
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(1, config.workers), thread_name_prefix="mdth-sim-gen"
+        )
+        self.io_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mdth-sim-io")
         self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=100_000)
         self._meta: dict[tuple, bytes] = {}
         self._gzipped: dict[int, bytes] = {}
@@ -171,9 +175,9 @@ class SimulatorApp:
         if cached is not None:
             return cached
         data = await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: json.dumps(build(), separators=(",", ":")).encode()
+            self.io_executor, lambda: json.dumps(build(), separators=(",", ":")).encode()
         )
-        gz = await asyncio.get_running_loop().run_in_executor(self.executor, _gzip_bytes, data)
+        gz = await asyncio.get_running_loop().run_in_executor(self.io_executor, _gzip_bytes, data)
         with self._meta_lock:
             if len(self._meta) > 64:
                 self._meta.clear()
@@ -362,9 +366,11 @@ class SimulatorApp:
                     "datasetInfo": info,
                 },
             )
-        path = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.cache.ensure, exchange, data_type, day, symbol
-        )
+        path = self.cache.path_for(exchange, data_type, day, symbol)
+        if not path.exists():  # only generation waits for the generator threads
+            path = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.cache.ensure, exchange, data_type, day, symbol
+            )
         return await self._send_file(request, path)
 
     async def _send_file(self, request: web.Request, path: Path) -> web.StreamResponse:
@@ -384,7 +390,7 @@ class SimulatorApp:
         with open(path, "rb") as fh:
             sent = 0
             while sent < limit:
-                chunk = await loop.run_in_executor(self.executor, fh.read, min(CHUNK, limit - sent))
+                chunk = await loop.run_in_executor(self.io_executor, fh.read, min(CHUNK, limit - sent))
                 if not chunk:
                     break
                 if slow is not None:  # trickle: the body takes the other half of the delay
@@ -441,7 +447,7 @@ class SimulatorApp:
 
     def _ws_handler(self, kind: str):
         async def handler(request: web.Request) -> web.StreamResponse:
-            return await serve_ws(request, self.feeds[kind], self.clock, self.executor)
+            return await serve_ws(request, self.feeds[kind], self.clock, self.io_executor)
 
         return handler
 
@@ -495,6 +501,7 @@ class AsyncSimulator:
             await self._runner.cleanup()
             self._runner = None
         self.app.executor.shutdown(wait=False, cancel_futures=True)
+        self.app.io_executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> AsyncSimulator:
         return await self.start()
