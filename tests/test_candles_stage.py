@@ -180,6 +180,30 @@ def test_next_day_pickup_reads_only_the_first_pages(lake, monkeypatch):
     assert counted[today] > 0.5 * store.stat(today).size  # the day's own file is read (its needed columns)
 
 
+def test_rows_stamped_this_day_in_the_previous_days_file_count(lake):
+    store, settings, _ = lake
+    before = DAY - dt.timedelta(days=1)
+    quiet = arrival_trades(before, 200, seed=12)  # all stamped before midnight: not an input
+    write_ticks(store, before, "trades", SPOT, quiet)
+    # PERP: one trade arrived 1 ms before midnight, stamped 2 ms after it (the exchange clock runs ahead).
+    ahead = quiet.slice(0, 1)
+    ahead = ahead.set_column(0, "timestamp", ts_array(np.array([T0 + 2000])))
+    ahead = ahead.set_column(1, "local_timestamp", ts_array(np.array([T0 - 1000])))
+    write_ticks(store, before, "trades", PERP, pa.concat_tables([quiet, ahead.cast(quiet.schema)]))
+    run(settings, Request("candles", DAY, DAY, symbols=(SPOT, PERP), timeframes=("1m",)))
+    own = arrival_trades(DAY, 5_000, seed=4)["timestamp"].cast(pa.int64()).to_numpy()  # PERP's day file
+    first_minute = int(((own >= T0) & (own < T0 + MIN)).sum())
+    assert read_candles(store, PERP, "1m")["trade_count"][0].as_py() == first_minute + 1
+    roles = {
+        key: [
+            i["role"]
+            for i in json.loads(read_provenance(store, layout.candles_path(DAY, "1m", key))["inputs"])
+        ]
+        for key in (SPOT, PERP)
+    }
+    assert roles == {SPOT: ["day", "next_day", "day"], PERP: ["previous_day", "day"]}
+
+
 def test_provenance_lists_inputs_and_spec_version(lake):
     store, settings, _ = lake
     run(settings, Request("candles", DAY, DAY, symbols=(SPOT,), timeframes=("5m",)))

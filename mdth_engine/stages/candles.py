@@ -1,9 +1,9 @@
 """Candles: the seven timeframes of every instrument-day, with their features, from the ticks in the lake.
 
 A unit is (day, instrument key): it reads trades, liquidations, derivative_ticker and book_snapshot_5 (an
-OPTION_CHAIN key: its options_chain), whatever exists, plus the rows of the next day's files whose exchange
-``timestamp`` still belongs to this day (tick files are split by arrival time; only the row groups and pages
-whose statistics say so are read), builds the dense-grid candles (``features.batch``) and writes one file per
+OPTION_CHAIN key: its options_chain), whatever exists, plus the rows of the neighbour days' files whose
+exchange ``timestamp`` belongs to this day (tick files are split by arrival time; only the row groups and
+pages whose statistics say so are read), builds the dense-grid candles (``features.batch``) and writes one file per
 timeframe. Each file's footer lists its inputs (path, rows, source hash or size+generation) and the feature
 spec version: a unit whose outputs all list the current inputs and version is skipped.
 """
@@ -145,21 +145,32 @@ class CandlesStage:
         return self._build_and_write(unit, key, outputs, inputs, tables, input_rows, FEATURE_SPEC_VERSION)
 
     def _inputs(self, day: dt.date, key: str, kinds: list[str]) -> list[dict[str, Any]]:
-        """The files this unit reads, as recorded in its outputs: the day's, and the next day's when they exist.
+        """The files this unit reads, as recorded in its outputs, in arrival order per data type.
 
-        A next-day file counts only when the day's own file of that type exists: without it, the few rows that
-        spill over midnight would pass for a whole day of data.
+        The day's file, and a neighbour day's file when its footer statistics say it may hold rows stamped
+        this day: the next day's first rows (stamped before midnight, arrived after), rarely the previous
+        day's last ones (an exchange clock ahead of the receiver). Neighbours count only when the day's own
+        file exists: without it, a few rows around midnight would pass for a whole day of data.
         """
         from mdth_engine.reader.footer import FOOTERS
 
         store = self.ctx.store
+        start = day_start_us(day)
         out: list[dict[str, Any]] = []
         for kind in kinds:
-            for role, when in (("day", day), ("next_day", day + dt.timedelta(days=1))):
+            if store.stat(layout.raw_path(day, kind, key)) is None:
+                continue
+            for role, when in (
+                ("previous_day", day - dt.timedelta(days=1)),
+                ("day", day),
+                ("next_day", day + dt.timedelta(days=1)),
+            ):
                 path = layout.raw_path(when, kind, key)
-                if store.stat(path) is None:
-                    break  # no day file: neither counts
+                if role != "day" and store.stat(path) is None:
+                    continue
                 footer = FOOTERS.get(store, path)
+                if role != "day" and not may_hold(footer, start, start + US_PER_DAY):
+                    continue
                 prov = footer.provenance()
                 item: dict[str, Any] = {
                     "data_type": kind,
@@ -265,6 +276,25 @@ class CandlesStage:
             output=unit.output,
             extra={"input_rows": input_rows, "inputs": len(inputs)},
         )
+
+
+def may_hold(footer: Any, start_us: int, end_us: int) -> bool:
+    """Whether a tick file's row-group statistics allow rows with exchange ``timestamp`` in [start, end)."""
+    try:
+        column = footer.column("timestamp")
+    except KeyError:
+        return False
+    for group in footer.row_groups:
+        chunk = group.chunks[column]
+        if not group.num_rows:
+            continue
+        if (
+            chunk.min_us is None
+            or chunk.max_us is None
+            or (chunk.min_us < end_us and chunk.max_us >= start_us)
+        ):
+            return True
+    return False
 
 
 def make_stage(ctx: Any) -> CandlesStage:
