@@ -159,6 +159,8 @@ def test_rows_to_tables_has_the_candle_schema() -> None:
 def test_bad_arguments_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="unknown timeframe"):
         IncrementalCandles(("2m",), dt.date(2024, 1, 1))
+    with pytest.raises(UsageError, match="needs day_or_start"):
+        IncrementalCandles(("1m",))
     with pytest.raises(UsageError, match="not aligned"):
         IncrementalCandles(("1m",), day_start_us(dt.date(2024, 1, 1)) + 7 * SEC)
 

@@ -36,7 +36,11 @@ def ts_us(table: pa.Table, name: str, what: str) -> np.ndarray:
 
 def f64(table: pa.Table, name: str, what: str) -> np.ndarray:
     """A numeric column as float64 with NaN for nulls."""
-    col = column(table, name, what)
+    return chunked_f64(column(table, name, what))
+
+
+def chunked_f64(col: pa.ChunkedArray) -> np.ndarray:
+    """A numeric (chunked) array as float64 with NaN for nulls."""
     if col.type != pa.float64():
         col = col.cast(pa.float64())
     return _numpy(col, np.float64)

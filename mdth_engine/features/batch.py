@@ -8,15 +8,15 @@ one. No Python loop runs per row; the only Python loop is per bucket, for option
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 
 from mdth_engine.core.errors import UsageError
 from mdth_engine.core.schemas import TS
-from mdth_engine.core.timeframes import TIMEFRAMES, US_PER_DAY, day_start_us
+from mdth_engine.core.timeframes import TIMEFRAMES, US_PER_DAY, day_start_us, parse_timeframes
 from mdth_engine.features import _arrow as ax
 from mdth_engine.features.formulas import EXPIRY_MISSING, book_values_np, middle_pair, option_values
 from mdth_engine.features.levels import Level, finalize
@@ -35,7 +35,10 @@ BOOK_DEPTH = 5
 
 
 def check_timeframes(timeframes: Iterable[str]) -> tuple[str, ...]:
-    """Requested timeframes in level order; unknown names are a ``UsageError``."""
+    """Requested timeframes (names, or one comma-separated string) in level order; unknown names are a
+    ``UsageError``."""
+    if isinstance(timeframes, str):
+        timeframes = parse_timeframes(timeframes) if timeframes.strip() else []
     names = list(dict.fromkeys(timeframes))
     unknown = [t for t in names if t not in TIMEFRAMES]
     if unknown:
@@ -54,27 +57,19 @@ def build_candles(
     book: pa.Table | None,
     options_chain: pa.Table | None = None,
     timeframes: Iterable[str] = LEVELS,
-    threads: int = 1,
 ) -> dict[str, pa.Table]:
     """One dense-grid candle table (``candle_schema()``) per requested timeframe for ``day``.
 
     Tables are lake-schema tick tables in file (arrival) order and may hold rows outside the day; which
-    rows count is defined in ``spec``. ``threads`` > 1 computes trades and the book side by side.
+    rows count is defined in ``spec``.
     """
     tfs = check_timeframes(timeframes)
     start = day_start_us(day)
     nb = US_PER_DAY // BASE_US
     base = Level.empty(nb)
-    jobs = [
-        lambda: _trades(base, trades, start, tfs) if trades is not None else {},
-        lambda: _book(base, book, start) if book is not None else None,
-    ]
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=min(threads, len(jobs))) as pool:
-            results = [f.result() for f in [pool.submit(job) for job in jobs]]
-    else:
-        results = [job() for job in jobs]
-    medians: dict[str, np.ndarray] = results[0]
+    medians = _trades(base, trades, start, tfs) if trades is not None else {}
+    if book is not None:
+        _book(base, book, start)
     if liquidations is not None:
         _liquidations(base, liquidations, start)
     if derivative_ticker is not None:
@@ -93,6 +88,8 @@ def build_candles(
                 level, median, has_trades=trades is not None, has_liquidations=liquidations is not None
             )
             out[name] = _table(start, TIMEFRAMES[name], columns)
+        if name == tfs[-1]:
+            break  # coarser levels are not needed
     return out
 
 
@@ -110,6 +107,15 @@ def _in_day(ts: np.ndarray, start: int) -> np.ndarray:
     return (ts >= start) & (ts < start + US_PER_DAY)
 
 
+def _all_valid(ts: np.ndarray, start: int, *values: np.ndarray) -> bool:
+    """Every row inside the day and no NaN value: the common case, checked without building masks."""
+    if len(ts) == 0:
+        return True
+    if ts.min() < start or ts.max() >= start + US_PER_DAY:
+        return False
+    return not any(np.isnan(v.min()) for v in values)
+
+
 def _ts_order(ts: np.ndarray) -> np.ndarray | None:
     """Stable order by exchange timestamp (ties keep arrival order), or None when already sorted."""
     if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
@@ -124,16 +130,17 @@ def _trades(base: Level, table: pa.Table, start: int, tfs: tuple[str, ...]) -> d
     price = ax.f64(table, "price", what)
     amount = ax.f64(table, "amount", what)
     side = ax.codes(table, "side", what, ("buy", "sell"))
-    keep = _in_day(ts, start) & ~np.isnan(price) & ~np.isnan(amount)
-    if not keep.all():
+    if not _all_valid(ts, start, price, amount):
+        keep = _in_day(ts, start) & ~np.isnan(price) & ~np.isnan(amount)
         ts, local, price, amount, side = ts[keep], local[keep], price[keep], amount[keep], side[keep]
     nb = len(base.n)
     bucket = (ts - start) // BASE_US
     # Sums in arrival order (bincount adds left to right): the live path adds the same way.
     base.n[:] = np.bincount(bucket, minlength=nb)
     base.vol[:] = np.bincount(bucket, amount, minlength=nb)
-    base.buy[:] = np.bincount(bucket, np.where(side == ax.SIDE_BUY, amount, 0.0), minlength=nb)
-    base.sell[:] = np.bincount(bucket, np.where(side == ax.SIDE_SELL, amount, 0.0), minlength=nb)
+    by_side = np.bincount(bucket * 3 + side, amount, minlength=3 * nb).reshape(nb, 3)  # unknown, buy, sell
+    base.buy[:] = by_side[:, ax.SIDE_BUY]
+    base.sell[:] = by_side[:, ax.SIDE_SELL]
     base.notional[:] = np.bincount(bucket, price * amount, minlength=nb)
     delay = local - ts
     order = _ts_order(ts)
@@ -238,47 +245,71 @@ def _derivative(base: Level, table: pa.Table, start: int) -> None:
         base.deriv[row, b[last]] = values[idx[last]]
 
 
-def _book_columns(table: pa.Table) -> tuple[list[np.ndarray], ...]:
-    what = "book"
-    sides: dict[str, list[np.ndarray]] = {}
-    for key in ("bid_price", "bid_amount", "ask_price", "ask_amount"):
-        levels = 1 if key.endswith("price") else BOOK_DEPTH
-        sides[key] = [ax.f64(table, f"{key}_{i}", what) for i in range(1, levels + 1)]
-    return sides["bid_price"], sides["bid_amount"], sides["ask_price"], sides["ask_amount"]
+BOOK_CHUNK_ROWS = 1 << 18  # book rows per pass: small temporaries stay in cache and out of fresh pages
+
+
+def _book_columns(table: pa.Table) -> list[pa.ChunkedArray]:
+    """bid_price_1, ask_price_1, bid_amount_1..5, ask_amount_1..5 (validated up front, converted per chunk)."""
+    names = ["bid_price_1", "ask_price_1"]
+    names += [f"bid_amount_{i}" for i in range(1, BOOK_DEPTH + 1)]
+    names += [f"ask_amount_{i}" for i in range(1, BOOK_DEPTH + 1)]
+    return [ax.column(table, name, "book") for name in names]
+
+
+def _book_values(cols: list[pa.ChunkedArray], rows: slice | np.ndarray) -> tuple[np.ndarray, ...]:
+    """Book values of a row range or of chosen rows."""
+    if isinstance(rows, slice):
+        arrays = [ax.chunked_f64(c.slice(rows.start, rows.stop - rows.start)) for c in cols]
+    else:
+        arrays = [ax.chunked_f64(c.take(pa.array(rows))) for c in cols]
+    bids, asks = arrays[2 : 2 + BOOK_DEPTH], arrays[2 + BOOK_DEPTH :]
+    return book_values_np([arrays[0]], bids, [arrays[1]], asks)
 
 
 def _book(base: Level, table: pa.Table, start: int) -> None:
-    """Book state at each base bucket close and the time-weighted sums of every book value."""
+    """Book state at each base bucket close and the time-weighted sums of every book value.
+
+    The day is split into piece sequences of constant state, in time order; each bucket opens with the
+    state in force at its start. Work goes in chunks of whole buckets, so every bucket's sum is still
+    one left-to-right ``bincount`` pass (the live path's order).
+    """
     ts = ax.ts_us(table, "timestamp", "book")
+    cols = _book_columns(table)
     if len(ts) == 0:
         return
-    values = book_values_np(*_book_columns(table))
     eff = ts if bool(np.all(ts[1:] >= ts[:-1])) else np.maximum.accumulate(ts)  # never rewinds (spec)
     nb = len(base.n)
     bounds = start + np.arange(nb, dtype=np.int64) * BASE_US
     end = start + US_PER_DAY
     at_close = np.searchsorted(eff, bounds + BASE_US, side="right") - 1
-    closed = at_close >= 0
+    closed = np.flatnonzero(at_close >= 0)
+    if len(closed):
+        base.book[:, closed] = np.array(_book_values(cols, at_close[closed]))
     at_start = np.searchsorted(eff, bounds, side="right") - 1
+    no_state = at_start < 0  # no book yet: that time is not weighted
+    opening = _book_values(cols, np.maximum(at_start, 0))
     lo = int(np.searchsorted(eff, start, side="right"))
     hi = int(np.searchsorted(eff, end, side="left"))
-    # Pieces of constant state in time order; each bucket opens with the state in force at its start.
-    pos = np.searchsorted(eff[lo:hi], bounds, side="left")
-    firsts = pos + np.arange(nb)  # where each bucket's opening piece lands
-    times = np.insert(eff[lo:hi], pos, bounds)
-    state = np.insert(np.arange(lo, hi, dtype=np.int64), pos, np.maximum(at_start, 0))
-    dt_us = np.diff(times, append=end)
-    dt_us[firsts[at_start < 0]] = 0  # no book yet: that time is not weighted
-    bucket = np.repeat(np.arange(nb), np.diff(firsts, append=len(times)))
-    # Zero-length pieces add exactly 0.0 (the live path skips them): same sums, no compaction pass.
-    for row, value in enumerate(values):
-        base.book[row, closed] = value[at_close[closed]]
-        v = value[state]
-        undefined = np.isnan(v)
-        v *= dt_us
-        v[undefined] = 0.0
-        base.tw_num[row] = np.bincount(bucket, v, minlength=nb)
-        base.tw_den[row] = np.add.reduceat(np.where(undefined, 0, dt_us), firsts)
+    pos = np.searchsorted(eff[lo:hi], bounds, side="left")  # first row of each bucket, relative to lo
+    chunk = pos // BOOK_CHUNK_ROWS
+    edges = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), nb]
+    for j0, j1 in itertools.pairwise(edges):
+        r0, r1 = lo + int(pos[j0]), (lo + int(pos[j1]) if j1 < nb else hi)
+        rel = pos[j0:j1] - pos[j0]
+        firsts = rel + np.arange(j1 - j0)  # where each bucket's opening piece lands
+        times = np.insert(eff[r0:r1], rel, bounds[j0:j1])
+        dt_us = np.diff(times, append=bounds[j1] if j1 < nb else end)
+        dt_us[firsts[no_state[j0:j1]]] = 0
+        bucket = np.repeat(np.arange(j1 - j0), np.diff(firsts, append=len(times)))
+        values = _book_values(cols, slice(r0, r1))
+        # Zero-length pieces add exactly 0.0 (the live path skips them): same sums, no compaction pass.
+        for row in range(len(values)):
+            v = np.insert(values[row], rel, opening[row][j0:j1])
+            undefined = np.isnan(v)
+            v *= dt_us
+            v[undefined] = 0.0
+            base.tw_num[row, j0:j1] = np.bincount(bucket, v, minlength=j1 - j0)
+            base.tw_den[row, j0:j1] = np.add.reduceat(np.where(undefined, 0, dt_us), firsts)
 
 
 def _options(base: Level, table: pa.Table, start: int) -> None:

@@ -142,7 +142,7 @@ class IncrementalCandles:
     def __init__(
         self,
         timeframes: Iterable[str] = LEVELS,
-        day_or_start: dt.date | int = 0,
+        day_or_start: dt.date | int | None = None,
         *,
         sources: Iterable[str] = DEFAULT_SOURCES,
     ) -> None:
@@ -152,6 +152,10 @@ class IncrementalCandles:
         self._ratios = level_ratios()[: top + 1]
         self._lengths = [TIMEFRAMES[name] for name in self._levels]
         self._emit = [name in self.timeframes for name in self._levels]
+        if day_or_start is None:
+            raise UsageError(
+                "IncrementalCandles needs day_or_start: the UTC day (or µs grid start) it begins at"
+            )
         start = day_start_us(day_or_start) if isinstance(day_or_start, dt.date) else int(day_or_start)
         if start % self._lengths[-1]:
             raise UsageError(f"grid start {start} is not aligned to the {self._levels[-1]} timeframe")
@@ -467,6 +471,9 @@ class IncrementalCandles:
         self._op_strike = grow(self._op_strike, NAN)
         self._op_delta = grow(self._op_delta, NAN)
         self._op_iv = grow(self._op_iv, NAN)
+
+
+CandleState = IncrementalCandles  # the name the issue uses
 
 
 def _median_ms(delays: array) -> float:

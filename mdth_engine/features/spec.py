@@ -12,11 +12,21 @@ Time semantics (all timestamps are microseconds since the epoch, UTC):
   timestamp is outside the day are not part of the day's candles. Rows with a NaN/null price or amount are
   ignored. Within a bucket, "first"/"last" mean smallest/largest exchange timestamp, ties broken by arrival
   (file) order; sums accumulate in arrival order (so batch and live add in the same order).
+- Trade sides: ``buy``/``sell`` is the taker side; ``unknown`` (or null) counts in volume, trade_count and
+  VWAP but in neither buy nor sell volume. Liquidations: ``buy`` = a short was liquidated (Tardis); an
+  unknown side counts in ``liquidation_count`` only.
 - State data (book_snapshot_5, options_chain) is applied in arrival (file) order. A row takes effect at its
   exchange timestamp, or at the latest timestamp already applied if that is later (a row can never rewind
   time: its book state is the newer one even if the exchange stamped it earlier). Rows before the day give
   the state in force when the day starts. "At bucket close" = the state after the last row whose effective
-  time is at or before the bucket end.
+  time is at or before the bucket end (so a row stamped exactly 24:00, from the next day's file, still
+  counts for the day's last close). Time-weighted means weight each state by how long it was in force in
+  the bucket, counting only time when the value was defined (before the first row nothing is weighted).
+- Option chains: per option symbol the last row at bucket close is its state (no staleness limit); rows
+  with a type other than call/put or without expiration never qualify; IVs are as Tardis writes them
+  (percent).
+- Live (``incremental``): identical numbers when every event reaches it before the clock closes its bucket;
+  an event whose bucket is already closed is counted as late and dropped.
 - Timeframes build on each other (15s -> 1m -> 5m -> 15m -> 1h -> 4h -> 24h): the base level (15s) is
   computed from raw rows, every coarser level from its children in time order, both in batch and live,
   so a timeframe's numbers never depend on which other timeframes were requested. ``delay_median`` is the
