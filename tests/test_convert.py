@@ -552,7 +552,7 @@ def test_the_line_by_line_path_equals_the_fast_path(tmp_path, sample, data_type,
     from mdth_engine.stages.convert import _Plan
 
     plan = _Plan(tmp_path / "x", layout_for(data_type), exchange, symbol, 1 << 20)
-    found = analyse(Chunk(body, 2, body.count(b"\n")), layout_for(data_type), plan.rules)
+    found = analyse(Chunk(b"", body, len(body), 2, body.count(b"\n")), layout_for(data_type), plan.rules)
     assert found.bad_lines.size == 0
     fast = pa.Table.from_batches([b for _, b in sink.calls]).drop_columns(
         ["instrument_key"] if data_type == "options_chain" else []
@@ -627,3 +627,105 @@ def test_usage_errors(tmp_path):
         run(src, "trades", "binance-futures", "BTCUSDT", on_bad_rows="ignore")
     with pytest.raises(FileNotFoundError):
         run(tmp_path / "missing.csv.gz", "trades", "binance-futures", "BTCUSDT")
+
+
+def test_clean_chunks_take_the_fast_path(tmp_path, monkeypatch):
+    """A clean file never needs the line-by-line path, whatever the chunk boundaries (which split lines)."""
+    import mdth_engine.stages.convert as convert_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a clean chunk went line by line")
+
+    monkeypatch.setattr(convert_module, "analyse", refuse)
+    lines = [TRADES_HEADER, *trades_lines(20_000)]
+    for block_size in (1500, 4096, 64 << 10):
+        result, _ = run(
+            gz(tmp_path, "\n".join(lines) + "\n"),
+            "trades",
+            "binance-futures",
+            "BTCUSDT",
+            block_size=block_size,
+        )
+        assert result.rows == 20_000
+
+
+def test_a_chunk_whose_first_line_is_split_is_still_checked(tmp_path):
+    """The first line of a chunk starts in the previous block; its symbol is still compared."""
+    lines = [TRADES_HEADER, *trades_lines(400)]
+    for n in range(2, len(lines), 37):
+        lines[n] = lines[n].replace("BTCUSDT", "ETHUSDT")
+    bad = [n + 1 for n in range(2, len(lines), 37)]
+    for block_size in (1024, 1500, 2048, 3000):
+        with pytest.raises(BadRowsError) as info:
+            run(
+                gz(tmp_path, "\n".join(lines) + "\n"),
+                "trades",
+                "binance-futures",
+                "BTCUSDT",
+                block_size=block_size,
+            )
+        assert (info.value.line, info.value.count) == (bad[0], len(bad))
+
+
+def test_chunk_prefix_count_spans_head_and_body():
+    prefix = b"binance-futures,BTCUSDT,"
+    line = prefix + b"1,2,3,buy,4,5\n"
+    other = b"binance-futures,ETHUSDT,1,2,3,buy,4,5\n"
+    body = line[10:] + line + other + line
+    chunk = Chunk(line[:10], body, len(body), 2, 4)
+    assert chunk.data == line + line + other + line
+    assert chunk.lines_starting_with(prefix) == 3
+    assert Chunk(b"", other + line, len(other + line), 2, 2).lines_starting_with(prefix) == 1
+    assert (
+        Chunk(other[:5], other[5:] + line, len(other) - 5 + len(line), 2, 2).lines_starting_with(prefix) == 1
+    )
+    assert bytes(chunk.arrow()) == chunk.data
+
+
+MEMORY_PROBE = r"""
+import sys, json
+from pathlib import Path
+from isal import igzip
+from mdth_engine.core.schemas import CSV_COLUMNS
+from mdth_engine.stages.convert import convert_file
+
+src = Path(sys.argv[1])
+block = "".join(
+    f"binance-futures,BTCUSDT,{1600000000000000 + i},{1600000000000100 + i},{i},buy,10000.5,0.25\n" for i in range(12000)
+).encode()
+with igzip.open(src, "wb", compresslevel=0) as f:
+    f.write((",".join(CSV_COLUMNS["trades"]) + "\n").encode())
+    for _ in range(400):
+        f.write(block)
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+
+base = rss()
+result = convert_file(src, "trades", exchange="binance-futures", symbol="BTCUSDT", sink=lambda g, b: None)
+print(json.dumps({"rows": result.rows, "text_mb": len(block) * 400 // 2**20, "base": base, "peak": hwm()}))
+"""
+
+
+def test_a_large_file_streams_in_bounded_memory(tmp_path):
+    """~370 MiB of CSV text converts with well under that much extra memory (never materialised whole)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "big.csv.gz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["rows"] == 4_800_000 and probe["text_mb"] > 350
+    assert probe["peak"] - probe["base"] < 200, probe

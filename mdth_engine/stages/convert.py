@@ -39,7 +39,6 @@ from mdth_engine.stages.convert_source import (
     Chunk,
     SourceError,
     SourceStats,
-    arrow_buffer,
     read_chunks,
     threaded,
 )
@@ -251,7 +250,8 @@ class _Plan:
         """What every line must start with: ``exchange,symbol,`` as the file spells the symbol."""
         if self.layout.grouped:
             return f"{self.exchange},".encode()
-        first = chunk.data[: chunk.data.find(b"\n")].decode("utf-8", "replace").split(",")
+        start = chunk.head + chunk.body[:4096]
+        first = start[: start.find(b"\n")].decode("utf-8", "replace").split(",")
         spelled = first[1] if len(first) > 1 else self.symbol
         if normalise_symbol(spelled) != normalise_symbol(self.symbol):
             spelled = self.symbol
@@ -260,16 +260,13 @@ class _Plan:
     def _fast(self, chunk: Chunk) -> pa.Table | None:
         """The chunk parsed by pyarrow, or None when any row needs a closer look."""
         try:  # a wrong column count or an unparsable cell raises: the chunk goes line by line
-            table = pcsv.read_csv(
-                arrow_buffer(chunk.data), self.read_options, self.parse_options, self.convert_options
-            )
+            table = pcsv.read_csv(chunk.arrow(), self.read_options, self.parse_options, self.convert_options)
         except pa.ArrowInvalid:
             return None
         if table.num_rows != chunk.lines:  # blank lines, or a stray carriage return splitting a line
             return None
         assert self.prefix is not None
-        data = chunk.data
-        if data.count(b"\n" + self.prefix) + data.startswith(self.prefix) != chunk.lines:
+        if chunk.lines_starting_with(self.prefix) != chunk.lines:
             return None
         for name in self.required:
             if table.column(name).null_count:

@@ -120,7 +120,7 @@ class Analysis:
 
 def analyse(chunk: Chunk, layout: Layout, rules: UnitRules) -> Analysis:
     """Split a chunk into good rows (typed) and bad lines with the reason for the first one."""
-    data = chunk.data
+    data = original = chunk.data
     starts, ends = _line_bounds(data)
     invalid_utf8 = _invalid_utf8_lines(data, starts, ends)
     if invalid_utf8.size:
@@ -161,7 +161,7 @@ def analyse(chunk: Chunk, layout: Layout, rules: UnitRules) -> Analysis:
                 if bad[row]:
                     reason = _reason(col, pc.list_element(cells, j)[row].as_py(), rules)
                     break
-    bad_text = [chunk.data[starts[i] : ends[i]] for i in bad_rows.tolist()]
+    bad_text = [original[starts[i] : ends[i]] for i in bad_rows.tolist()]
     table = _good_table(layout, checked, good)
     return Analysis(table, bad_rows + chunk.first_line, bad_text, reason)
 

@@ -43,11 +43,40 @@ class SourceError(MdthError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Chunk:
-    """Whole lines of the decompressed CSV; ``first_line`` is the 1-based file line of its first line."""
+    """Whole lines of the decompressed CSV: ``head + body[:end]``, ending with a line break.
 
-    data: bytes
+    ``head`` is the start of the first line carried over from the previous block (it holds no line break);
+    keeping the two apart saves copying every block twice. ``first_line`` is the 1-based file line of the
+    chunk's first line, ``lines`` the number of lines.
+    """
+
+    head: bytes
+    body: bytes
+    end: int
     first_line: int
     lines: int
+
+    @property
+    def data(self) -> bytes:
+        """The chunk as one bytes object (a copy; for the slow path and tests)."""
+        return self.head + self.body[: self.end]
+
+    def arrow(self) -> pa.Buffer:
+        """The chunk copied once into Arrow-owned memory (see ``arrow_buffer`` for why not a view)."""
+        size = len(self.head) + self.end
+        buffer = pa.allocate_buffer(size)
+        view = memoryview(buffer).cast("B")
+        view[: len(self.head)] = self.head
+        view[len(self.head) :] = memoryview(self.body)[: self.end]
+        return buffer
+
+    def lines_starting_with(self, prefix: bytes) -> int:
+        """How many lines start with ``prefix`` (a C-speed substring count, no copy of the body)."""
+        first = (self.head + self.body[: len(prefix)]).startswith(prefix) if self.head else None
+        if first is None:
+            first = self.body.startswith(prefix)
+        # every line but the first starts right after a line break inside ``body`` (``head`` has none)
+        return int(first) + self.body.count(b"\n" + prefix, 0, self.end)
 
 
 @dataclasses.dataclass(slots=True)
@@ -98,15 +127,15 @@ def read_chunks(src: Path, stats: SourceStats, block_size: int) -> Iterator[Chun
         hashing = _HashingFile(raw)
         reader = _gzip_module.GzipFile(fileobj=hashing, mode="rb")  # type: ignore[arg-type]
         line = 2
-        rest = b""
+        rest = b""  # the start of a line whose end is in the next block
         header_pending = True
         while True:
             data = _inflate(reader, block_size, src)
             if not data:
                 break
-            if rest:
-                data = rest + data
             if header_pending:
+                data = rest + data
+                rest = b""
                 cut = data.find(b"\n")
                 if cut < 0:  # header longer than a block (or a header-only file without a newline)
                     rest = data
@@ -115,18 +144,17 @@ def read_chunks(src: Path, stats: SourceStats, block_size: int) -> Iterator[Chun
                 data = data[cut + 1 :]
                 header_pending = False
             cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
+            if cut < 0:  # one line longer than a block: keep collecting
+                rest += data
                 continue
-            rest = data[cut + 1 :]
-            body = data[: cut + 1] if cut + 1 < len(data) else data
-            lines = body.count(b"\n")
-            yield Chunk(body, line, lines)
+            lines = data.count(b"\n", 0, cut + 1)
+            yield Chunk(rest, data, cut + 1, line, lines)
             line += lines
+            rest = data[cut + 1 :]
         if header_pending:
             stats.header = rest if rest else None
         elif rest:  # last line without a line break
-            yield Chunk(rest + b"\n", line, 1)
+            yield Chunk(rest, b"\n", 1, line, 1)
         hashing.drain()
         stats.source_bytes = hashing.nbytes
         stats.sha256 = hashing.sha.hexdigest()
