@@ -729,3 +729,12 @@ def test_a_large_file_streams_in_bounded_memory(tmp_path):
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["rows"] == 4_800_000 and probe["text_mb"] > 350
     assert probe["peak"] - probe["base"] < 200, probe
+
+
+def test_side_columns_share_one_fixed_dictionary(tmp_path):
+    """Every batch carries the same sorted domain as dictionary (the writer keeps one dictionary per file)."""
+    lines = [TRADES_HEADER, *trades_lines(3000)]
+    lines[5] = lines[5].replace(",buy,", ",unknown,").replace(",sell,", ",unknown,")
+    _, sink = run(gz(tmp_path, "\n".join(lines) + "\n"), "trades", "binance-futures", "BTCUSDT", block_size=8 << 10)
+    assert {tuple(b.column("side").dictionary.to_pylist()) for _, b in sink.calls} == {("buy", "sell", "unknown")}
+    assert [r["side"] for r in sink.rows()] == [line.split(",")[5] for line in lines[1:]]

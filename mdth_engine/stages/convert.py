@@ -214,6 +214,10 @@ class _Plan:
         self.int_columns = [c.lake for c in stored if c.kind == INT]
         self.required = [c.lake for c in stored if c.required]
         self.domains = {c.lake: c.domain for c in stored if c.domain is not None}
+        # one fixed dictionary per domain column, so every batch (and row group) shares it
+        self.domain_dictionaries = {
+            name: pa.array(sorted(domain), pa.string()) for name, domain in self.domains.items()
+        }
 
     # --- the parse thread ------------------------------------------------------------------------------------
 
@@ -296,6 +300,11 @@ class _Plan:
         for batch in table.to_batches():
             if not batch.num_rows:
                 continue
+            for name, values in self.domain_dictionaries.items():
+                index = batch.schema.get_field_index(name)
+                batch = batch.set_column(
+                    index, batch.schema.field(index), _recode(batch.column(index), values)
+                )
             if self.resolver is None:
                 batches.append(
                     (None, pa.RecordBatch.from_arrays([batch.column(n) for n in schema.names], schema=schema))
@@ -306,6 +315,14 @@ class _Plan:
 
 
 _NO_LINES = np.zeros(0, dtype=np.int64)
+
+
+def _recode(array: pa.DictionaryArray, dictionary: pa.Array) -> pa.DictionaryArray:
+    """The same values over a fixed dictionary (every value is in it: the domain check came first)."""
+    if array.dictionary.equals(dictionary):
+        return array
+    mapping = pc.index_in(array.dictionary, value_set=dictionary).cast(pa.int32())
+    return pa.DictionaryArray.from_arrays(pc.take(mapping, array.indices), dictionary)
 
 
 class _OptionResolver:
