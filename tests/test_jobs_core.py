@@ -104,6 +104,13 @@ def test_estimate_uses_the_same_file_on_an_earlier_day(tmp_path: Path):
     assert estimate_bytes(store, "trades", "SPOT_PAIR", "binance", "BTCUSDT", earlier) == default_bytes(
         "trades", "SPOT_PAIR", "BTCUSDT"
     )
+    # a backfill beyond the 7-day window keeps using the latest earlier day found while planning in day order
+    later = DAY + dt.timedelta(days=20)
+    assert estimate_bytes(store, "trades", "SPOT_PAIR", "binance", btc, later) == 12345
+    clear_cache()
+    assert estimate_bytes(store, "trades", "SPOT_PAIR", "binance", btc, later) == default_bytes(
+        "trades", "SPOT_PAIR", btc
+    )
     assert default_bytes("trades", "PERPETUAL", "BTCUSDT") > default_bytes("trades", "PERPETUAL", "DOGEUSDT")
     assert default_bytes("options_chain", "OPTION_CHAIN") > default_bytes("trades", "PERPETUAL", "BTCUSDT")
 

@@ -1,13 +1,15 @@
 """Expected bytes of one download unit, so shards can be balanced by work rather than by count or hash.
 
-The best guess is the size of the same (data type, instrument) file on an earlier day already in the lake
-(one listing per day and data type, cached); without one, a table of typical daily sizes per data type and
-instrument type, scaled up for the BTC/ETH majors.
+The best guess is the size of the same (data type, instrument) file on earlier days already in the lake:
+the median over the 3 most recent of the last 7 days, else of the latest earlier days seen with files of that
+type (so a month-long backfill keeps using the month before). One listing per (day, data type), cached. Without one, a table of typical daily
+sizes per data type and instrument type, scaled up for the BTC/ETH majors.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -48,8 +50,9 @@ DEFAULT_BYTES: dict[tuple[str, str], int] = {
 }
 # When neither the data type nor the pair is in the table.
 FALLBACK_BYTES = 5 * MB
-_MAJOR_FACTOR = {"BTC": 8.0, "ETH": 5.0}
+_MAJOR_FACTOR = {"BTC": 20.0, "ETH": 10.0}  # BTC pairs trade 20-100x a mid-cap alt
 LOOKBACK_DAYS = 7
+SAMPLE_DAYS = 3  # the median of the file's size on up to this many earlier days: one odd day does not skew it
 
 _CACHE_TTL_S = 120.0
 _CACHE_MAX = 4096
@@ -83,17 +86,22 @@ class _TtlCache:
 
 
 _cache = _TtlCache()
+# (lake, data type) -> the latest few days found holding files of that type, newest first.
+_latest_days: dict[tuple[str, str], list[dt.date]] = {}
 
 
 def clear_cache() -> None:
     """Forget cached listings (after the lake changed under a long-lived process)."""
     _cache.clear()
+    _latest_days.clear()
 
 
 def default_bytes(data_type: str, instrument_type: str, symbol: str = "") -> int:
     """The table's guess for one daily file, scaled for BTC/ETH instruments."""
     base = DEFAULT_BYTES.get((data_type, instrument_type.upper()), FALLBACK_BYTES)
     text = symbol.upper().rsplit(":", 1)[-1]
+    if instrument_type.upper() == "OPTION_CHAIN":  # the table's chain is BTC's already; others are smaller
+        return base if not text or text.startswith(("BTC", "OPTIONS")) else base // 2
     for asset, factor in _MAJOR_FACTOR.items():
         if text.startswith(asset):
             return int(base * factor)
@@ -149,21 +157,33 @@ def estimate_bytes(
     *,
     lookback: int = LOOKBACK_DAYS,
 ) -> int:
-    """Expected bytes of the (data type, instrument) file of ``day``.
+    """Expected bytes of the (data type, instrument) file of ``day`` (median of up to 3 earlier days' sizes).
 
     ``symbol`` is a Tardis symbol (mapped to instrument keys through an earlier day's master) or an instrument
     key. Grouped sources (an options chain) sum every file they produced.
     """
-    for back in range(1, lookback + 1):
-        earlier = day - dt.timedelta(days=back)
+    window = [day - dt.timedelta(days=back) for back in range(1, lookback + 1)]
+    seen = _latest_days.setdefault((store.url, data_type), [])
+    # a backfill beyond the window: the latest earlier days seen with files of this type
+    days = window + [d for d in seen if d < window[-1]]
+    found: list[int] = []
+    for earlier in days:
         sizes = _sizes(store, earlier, data_type)
         if not sizes:
             continue
+        if earlier not in seen:
+            seen.append(earlier)
+            seen.sort(reverse=True)
+            del seen[SAMPLE_DAYS:]
         if symbol.count(":") == 2:
             keys = [symbol]
         else:
             keys = _keys(store, earlier).get((exchange, symbol.upper()), [])
-        found = [sizes[k] for k in keys if k in sizes]
-        if found:
-            return max(1, sum(found))
+        hit = [sizes[k] for k in keys if k in sizes]
+        if hit:
+            found.append(sum(hit))
+            if len(found) == SAMPLE_DAYS:
+                break
+    if found:
+        return max(1, int(statistics.median(found)))
     return default_bytes(data_type, instrument_type, symbol)
