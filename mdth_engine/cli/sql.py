@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
@@ -13,9 +14,15 @@ from mdth_engine.cli.upload import WarehouseOpt
 
 
 def _plain(value: Any, as_json: bool) -> Any:
-    """A cell for output: NaN is null in JSON (JSON has no NaN); timestamps as ISO 8601."""
-    if isinstance(value, float) and math.isnan(value) and as_json:
-        return None
+    """A cell for output, never rounded: floats as their shortest exact text (JSON numbers with --json, NaN as
+    null since JSON has no NaN), decimals as numbers when exact, timestamps as ISO 8601."""
+    if isinstance(value, Decimal):
+        exact = float(value)
+        value = exact if Decimal(repr(exact)) == value else str(value)
+    if isinstance(value, float):
+        if as_json:
+            return None if math.isnan(value) else value
+        return repr(value)
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value

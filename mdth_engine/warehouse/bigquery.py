@@ -82,7 +82,7 @@ class BigQueryWarehouse:
         self.poll_initial, self.poll_maximum = poll_initial, poll_maximum
         self.job_timeout, self.job_attempts = job_timeout, max(1, job_attempts)
         self._client: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # guards the client, dataset check and lock table
         self._table_locks: dict[str, threading.Lock] = {}
         self._dataset_ready = False
         self._schemas: dict[str, list[Any]] = {}  # table -> its SchemaFields as last seen

@@ -109,10 +109,10 @@ class DuckDBWarehouse:
                 f"SELECT fingerprint, rows, files, job_id, epoch_us(loaded_at), sources FROM {quote(LOADS_TABLE)} "
                 "WHERE table_name = ? AND day = ? ORDER BY loaded_at DESC LIMIT 1",
                 [table, day],
-            ).fetchone()
-        if row is None:
+            ).fetchall()
+        if not row:
             return None
-        fp, rows, files, job_id, loaded_us, sources = row
+        fp, rows, files, job_id, loaded_us, sources = row[0]
         return LoadRecord(
             table=table,
             day=day,
@@ -177,7 +177,7 @@ class DuckDBWarehouse:
             f"SELECT count(*) FILTER (WHERE {quote(TS)} < ? OR {quote(TS)} >= ? OR {quote(TS)} IS NULL), "
             f"count(*) - count(DISTINCT ({KEY}, {quote(TS)})) FROM {table} WHERE {DAY} = ?",
             [start, end, day],
-        ).fetchone()
+        ).fetchall()[0]
         if outside:
             raise WarehouseError(f"{batch.table} {day}: {outside} candle rows lie outside {day} (UTC)")
         if dupes:
@@ -235,7 +235,7 @@ def _table_exists(con: Any, name: str) -> bool:
         con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
             [name],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 

@@ -78,8 +78,13 @@ def union_schema(schemas: Iterable[tuple[str, pa.Schema]]) -> pa.Schema:
 
 
 def table_schema(files_schema: pa.Schema) -> pa.Schema:
-    """The table a batch needs: day, instrument_key, the spec's columns, then the files' extra columns."""
+    """The table a batch needs: day, instrument_key, the spec's columns, then the files' extra columns.
+
+    A column the files carry keeps the files' type (what is loaded is what the files hold), so a type that
+    disagrees with the warehouse is caught when the table is compared, never cast silently.
+    """
     spec = spec_schema()
+    in_files = {f.name: f for f in files_schema}
     ordered: list[pa.Field] = [
         pa.field(DAY, pa.date32(), nullable=False),
         pa.field(KEY, pa.string(), nullable=False),
@@ -89,7 +94,7 @@ def table_schema(files_schema: pa.Schema) -> pa.Schema:
         for field in source:
             if field.name in names:
                 continue
-            typ = normalize_type(field.name, field.type)
+            typ = normalize_type(field.name, in_files.get(field.name, field).type)
             ordered.append(pa.field(field.name, typ, nullable=field.name not in REQUIRED))
             names.add(field.name)
     return pa.schema(ordered)
