@@ -171,8 +171,8 @@ class _PlainLines:
                     flush=True,
                 )
             return
-        if ev.kind is Kind.UNIT:
-            return
+        if ev.kind is Kind.UNIT or (ev.kind is Kind.INFO and ev.data.get("state") == "done"):
+            return  # a clean shard end is already a state-change line
         line = f"[{ev.job}] {ev.kind}"
         if ev.unit:
             line += f" {ev.unit} {ev.outcome}"
@@ -217,7 +217,9 @@ def follow_rendered(
 
         def sink(ev: Event) -> None:
             view(ev)
-            if ev.kind in (Kind.ERROR, Kind.WARNING) or (ev.kind is Kind.INFO and ev.message):
+            if ev.kind in (Kind.ERROR, Kind.WARNING) or (
+                ev.kind is Kind.INFO and ev.message and ev.data.get("state") != "done"
+            ):
                 text = Text(f"{ev.unit + ' ' if ev.unit else ''}{ev.message}")
                 text.stylize({Kind.ERROR: "red", Kind.WARNING: "yellow"}.get(ev.kind, "dim"))
                 live.console.print(text)
@@ -243,15 +245,18 @@ def launch_and_follow(
     *,
     settings: Any = None,
     lake: str | None = None,
+    units: Any = None,
 ) -> None:
-    """What a stage command does with ``--shards N [--backend ...]``: create, launch, follow, exit 0/1."""
+    """What a stage command does with ``--shards N [--backend ...]``: create, launch, follow, exit 0/1.
+
+    ``units`` (already planned by the command, e.g. for --dry-run) spares planning twice."""
     from mdth_engine.jobs.manage import create_job, launch_job
     from mdth_engine.storage.store import open_store
 
     json_out = json_mode(ctx, json)
     settings = settings or settings_for(ctx, lake)
     store = open_store(settings.lake)
-    spec = create_job(store, request, shards=shards, backend=backend, settings=settings)
+    spec = create_job(store, request, shards=shards, backend=backend, settings=settings, units=units)
     _say(
         json_out,
         spec.job_id,

@@ -190,7 +190,15 @@ class _Reporter:
                     text += f", {record.units_failed} failed"
                 if record.state != rec.DONE and record.last_error:
                     text += f" ({record.last_error})"
-                self.sink(Event(Kind.INFO, op, job=job, message=text, data={"shard": record.shard}))
+                self.sink(
+                    Event(
+                        Kind.INFO,
+                        op,
+                        job=job,
+                        message=text,
+                        data={"shard": record.shard, "state": record.state},
+                    )
+                )
         job_sig = (status.units_done, status.rows, status.bytes, tuple(s.state for s in status.shards))
         if job_sig != self.last_job:
             self.last_job = job_sig

@@ -21,8 +21,8 @@ from mdth_engine.jobs import records as rec
 from mdth_engine.jobs.backends import ALIVE, UNKNOWN, Backend, check_backend, get_backend
 from mdth_engine.jobs.sharding import assign_shards, effective_shards
 from mdth_engine.jobs.spec import DEFAULT_MAX_ATTEMPTS, JobSpec, new_job_id, settings_snapshot, who
-from mdth_engine.jobs.status import JobStatus
-from mdth_engine.stages.base import Request
+from mdth_engine.jobs.status import STALE_AFTER_S, JobStatus
+from mdth_engine.stages.base import Request, WorkUnit
 from mdth_engine.storage import layout
 
 
@@ -35,20 +35,23 @@ def create_job(
     settings: Settings,
     sink: Sink = null_sink,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    units: list[WorkUnit] | None = None,
 ) -> JobSpec:
-    """Plan the request through its stage, split it into shards by expected bytes, and record spec + plan."""
+    """Plan the request through its stage (unless ``units`` were planned already), split it into shards by
+    expected bytes, and record spec + plan."""
     from mdth_engine.stages.registry import StageContext, get_stage
 
     if shards < 1:
         raise UsageError(f"--shards must be at least 1, got {shards}")
     check_backend(backend, settings)
     job_id = new_job_id(request.operation)
-    spool = Path(tempfile.mkdtemp(prefix="mdth-plan-"))
-    try:
-        stage = get_stage(request.operation, StageContext(settings, store, spool, sink, job_id))
-        units = stage.plan(request)
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
+    if units is None:
+        spool = Path(tempfile.mkdtemp(prefix="mdth-plan-"))
+        try:
+            stage = get_stage(request.operation, StageContext(settings, store, spool, sink, job_id))
+            units = stage.plan(request)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
     if not units:
         raise UsageError(
             f"nothing to run: {request.operation} planned no work for {request.start}..{request.end}"
@@ -190,12 +193,13 @@ def cancel_job(
     return sorted({r.shard for r in open_shards} | set(marked))
 
 
-def needs_retry(record: rec.ShardRecord) -> bool:
-    """A shard that did not finish cleanly, or finished with units worth another try."""
+def needs_retry(record: rec.ShardRecord, now: float | None = None) -> bool:
+    """A shard that did not finish cleanly, finished with units worth another try, or whose worker went
+    silent with nobody supervising it."""
     if record.state == rec.PENDING:
         return True
     if not record.final:
-        return False
+        return record.state == rec.INTERRUPTED or record.age(now) > STALE_AFTER_S
     return record.state != rec.DONE or any(o not in rec.FINAL_OUTCOMES for o in record.outcomes)
 
 
@@ -214,9 +218,7 @@ def retry_job(
         if bad:
             raise UsageError(f"job {job_id} has shards 0..{spec.shards - 1}, not {bad[0]}")
         chosen = [records[s] for s in sorted(set(shards))]
-        busy = [
-            r.shard for r in chosen if not r.final and r.state != rec.PENDING and r.state != rec.INTERRUPTED
-        ]
+        busy = [r.shard for r in chosen if not r.final and not needs_retry(r)]
         if busy:
             raise UsageError(
                 f"shard {busy[0]} of {job_id} is still {records[busy[0]].state}; cancel it first"
@@ -224,6 +226,8 @@ def retry_job(
     else:
         chosen = [r for r in records if needs_retry(r)]
     for record in chosen:
+        if not record.final and record.state != rec.PENDING:
+            backend.cancel(spec, record.shard, record, force=True)  # a silent worker must not come back
         launch_shard(store, spec, record.shard, backend, relaunches=0, note="")
     return [r.shard for r in chosen]
 
