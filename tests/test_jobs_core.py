@@ -270,3 +270,23 @@ def test_worker_rejects_a_shard_outside_the_job(fake_stage: Path):
     spec = create_job(store, fake_request(), shards=2, backend="local", settings=settings)
     with pytest.raises(UsageError, match=r"shards 0\.\.1"):
         run_shard(store, spec.job_id, 2, settings)
+
+
+def test_job_records_and_worker_on_gcs(fake_stage: Path, gcs_store):
+    """The same records through the GCS emulator: spec, plan, heartbeats, result batches, listing."""
+    from mdth_engine.jobs.status import job_status, list_jobs
+
+    settings = load_settings(lake=gcs_store.url)
+    spec = create_job(gcs_store, fake_request(days=2), shards=2, backend="local", settings=settings)
+    assert [j.job_id for j in list_jobs(gcs_store)] == [spec.job_id]
+    assert job_status(gcs_store, spec.job_id).state == "pending"
+    runs = [run_shard(gcs_store, spec.job_id, shard, settings) for shard in range(2)]
+    assert [r.state for r in runs] == ["done", "done"]
+    status = job_status(gcs_store, spec.job_id)
+    assert status.state == "done" and status.units_done == spec.units == 8 and status.exit_code == 0
+    for unit, _ in rec.read_plan(gcs_store, spec.job_id):
+        assert gcs_store.get_bytes(unit.output) == unit_bytes(unit.unit_id, unit.params["size"])
+    # a second batch never overwrites the first: sequence numbers move on
+    first = rec.result_files(gcs_store, spec.job_id, 0)
+    rec.write_results(gcs_store, spec.job_id, 0, 0, rec.read_result_file(gcs_store, first[0]))
+    assert len(rec.result_files(gcs_store, spec.job_id, 0)) == len(first) + 1

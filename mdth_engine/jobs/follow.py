@@ -44,7 +44,11 @@ class Supervisor:
             if record.final:
                 continue
             if record.state == rec.PENDING:
-                self._launch(record, "")
+                if status.cancel_requested:
+                    record.state, record.finished_at = rec.CANCELLED, time.time()
+                    rec.write_shard(self.store, record)
+                else:
+                    self._launch(record, "")
                 continue
             try:
                 reason = self.dead_reason(record, status.at)
