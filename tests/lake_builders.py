@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mdth_engine.core.keys import VENUE_TO_EXCHANGE, parse_key
 from mdth_engine.core.schemas import TS, schema_for
 from mdth_engine.core.timeframes import US_PER_DAY, US_PER_SECOND, day_start_us
 from mdth_engine.stages.instruments import to_table
 from mdth_engine.storage import layout
-from mdth_engine.storage.parquet import PREFIX, write_table
+from mdth_engine.storage.parquet import write_table
 
 DAY = dt.date(2024, 1, 1)
 SPOT = "BINANCE:SPOT_PAIR:BTC-USDT"
@@ -129,55 +126,14 @@ def write_ticks(
     """A tick file as the download stage writes it (``page_rows``: with pages of that many rows, see below)."""
     path = layout.raw_path(day, data_type, key)
     provenance = {"data_type": data_type, "instrument_key": key, "source_sha256": sha or fake_sha(table)}
-    if page_rows is None:
-        from mdth_engine.stages.download import ROW_GROUP_ROWS
+    from mdth_engine.stages.download import tick_write_options
 
-        write_table(
-            store,
-            path,
-            table,
-            provenance,
-            schema=schema_for(data_type),
-            row_group_size=row_group_size or ROW_GROUP_ROWS,
-        )
-        return path
-    write_paged(
-        store, path, table.cast(schema_for(data_type)), provenance, row_group_size or 65536, page_rows
-    )
+    schema = schema_for(data_type)
+    options = tick_write_options(schema)
+    options["row_group_size"] = row_group_size or options["row_group_size"]
+    options["max_rows_per_page"] = page_rows or options["max_rows_per_page"]
+    write_table(store, path, table, provenance, schema=schema, **options)
     return path
-
-
-def write_paged(
-    store: Any, path: str, table: pa.Table, provenance: dict[str, str], row_group_size: int, page_rows: int
-) -> None:
-    """The publisher's settings plus ``max_rows_per_page`` and delta-encoded timestamps.
-
-    ParquetPublisher does not take a page size yet; this is the layout the sparse-read goal needs (a page of
-    1024 rows, timestamps DELTA_BINARY_PACKED so the small pages cost no extra space).
-    """
-    dictionary = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
-    encodings = {
-        n: "DELTA_BINARY_PACKED" for n in ("timestamp", "local_timestamp") if n in table.schema.names
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "file.parquet"
-        writer = pq.ParquetWriter(
-            str(local),
-            table.schema,
-            compression="zstd",
-            use_dictionary=dictionary or False,
-            write_statistics=True,
-            write_page_index=True,
-            store_schema=True,
-            max_rows_per_page=page_rows,
-            column_encoding=encodings,
-        )
-        writer.write_table(table, row_group_size=row_group_size)
-        metadata = {PREFIX + k: v for k, v in provenance.items()}
-        metadata[PREFIX + "rows"] = str(table.num_rows)
-        writer.add_key_value_metadata(metadata)
-        writer.close()
-        store.put_file(path, local)
 
 
 def split_by_arrival(table: pa.Table, day: dt.date) -> tuple[pa.Table, pa.Table]:

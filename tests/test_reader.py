@@ -24,7 +24,6 @@ from lake_builders import (
     split_by_arrival,
     ts_array,
     write_master,
-    write_paged,
     write_ticks,
 )
 
@@ -66,7 +65,7 @@ def random_windows(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
 
 
 def test_thrift_round_trips_a_real_footer(local_store, day_trades):
-    write_paged(local_store, "f.parquet", day_trades, {"rows": "x"}, 8192, 1024)
+    write_table(local_store, "f.parquet", day_trades, {}, row_group_size=8192, max_rows_per_page=1024)
     size = local_store.stat("f.parquet").size
     raw = footer_bytes(local_store, "f.parquet", size, guess=1024)  # a footer longer than the first guess
     decoded, end = thrift.decode(raw[:-8])
@@ -83,12 +82,14 @@ def test_thrift_rejects_truncated_data():
 # --- one file ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout_kind", ["publisher", "paged"])
+@pytest.mark.parametrize("layout_kind", ["big_pages", "paged"])
 @pytest.mark.parametrize("by", ["timestamp", "local_timestamp"])
 def test_windows_return_exactly_the_rows_of_a_full_read(store, day_trades, layout_kind, by):
     FOOTERS.clear()
-    if layout_kind == "publisher":  # the download stage's writer: row groups of 8192 rows, default pages
-        path = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=8192)
+    if (
+        layout_kind == "big_pages"
+    ):  # row groups of 8192 rows, one page per column chunk: row-group pruning only
+        path = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=8192, page_rows=1 << 20)
     else:  # pages of 1024 rows and a page index
         path = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=16384, page_rows=1024)
     windows = [*random_windows(np.random.default_rng(5), 25), (T0 - MIN, T0 + MIN), (T0, T0), (0, 1)]
@@ -139,7 +140,7 @@ def test_page_reads_follow_any_writer_settings(local_store, tmp_path, options):
 
 def test_only_the_row_groups_and_columns_needed_are_fetched(store, day_trades):
     FOOTERS.clear()
-    path = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=4096)
+    path = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=4096, page_rows=1 << 20)
     metadata = pq.ParquetFile(pa.BufferReader(store.get_bytes(path))).metadata
     start, end = T0 + 600 * MIN, T0 + 601 * MIN
     # Independently of the reader: the row groups whose exchange timestamps overlap the minute.
@@ -167,7 +168,7 @@ def test_only_the_row_groups_and_columns_needed_are_fetched(store, day_trades):
 
 def test_page_index_reads_a_fraction_of_the_row_group(store, day_trades):
     FOOTERS.clear()
-    whole = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=65536)
+    whole = write_ticks(store, DAY, "trades", SPOT, day_trades, row_group_size=65536, page_rows=1 << 20)
     paged = write_ticks(store, NEXT, "trades", SPOT, day_trades, row_group_size=65536, page_rows=1024)
     window = [(T0 + 300 * MIN, T0 + 302 * MIN)]
     used = {}

@@ -2,8 +2,8 @@
 full-scale day of trades fetch under 5% of the file's bytes, and return exactly the rows of a full read.
 
 The day is ~2M trades (the simulator's full-scale BTCUSDT day), minute activity lognormal like a real market,
-written in the tick layout sparse reads need: row groups of the download stage's size, pages of 1024 rows with
-a page index (``lake_builders.write_paged``; see the report on ParquetPublisher's page size).
+written with the download stage's tick layout (``stages.download.tick_write_options``: 64k-row row groups,
+1024-row pages with a page index, delta-encoded timestamps).
 """
 
 from __future__ import annotations

@@ -27,7 +27,16 @@ from mdth_engine.storage import layout
 
 # What `mdth download` fetches when --data-types is not given (the full depth feeds are opt-in: they are large).
 DEFAULT_DATA_TYPES = ("trades", "book_snapshot_5", "derivative_ticker", "liquidations", "options_chain")
-ROW_GROUP_ROWS = 64 * 1024  # small enough for ranged reads of a few minutes of a busy day
+ROW_GROUP_ROWS = 64 * 1024
+PAGE_ROWS = 1024  # with the page index, a sparse read of a few minutes of a busy day fetches ~4% of the file
+
+
+def tick_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """How tick files are laid out for ranged reads: small pages, delta-encoded (cheap) timestamp pages."""
+    delta = {n: "DELTA_BINARY_PACKED" for n in ("timestamp", "local_timestamp") if n in schema.names}
+    return {"row_group_size": ROW_GROUP_ROWS, "max_rows_per_page": PAGE_ROWS, "column_encoding": delta}
+
+
 TRUNCATED_RETRIES = 3
 
 
@@ -214,7 +223,7 @@ class DownloadStage:
                             outputs[key],
                             schema,
                             {"data_type": data_type, "instrument_key": key, "source_url": url},
-                            row_group_size=ROW_GROUP_ROWS,
+                            **tick_write_options(schema),
                         )
                     )
                 return publishers[key]

@@ -127,8 +127,12 @@ class ParquetPublisher:
         provenance: dict[str, Any],
         row_group_size: int | None = None,
         spool_dir: Path | None = None,
+        max_rows_per_page: int | None = None,
+        column_encoding: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.max_rows_per_page = max_rows_per_page
+        self.column_encoding = column_encoding
         self.path = path
         self.schema = schema
         self.row_group_size = row_group_size or default_row_group_size(schema)
@@ -166,6 +170,8 @@ class ParquetPublisher:
                 write_statistics=True,
                 write_page_index=True,
                 store_schema=True,
+                max_rows_per_page=self.max_rows_per_page,
+                column_encoding=self.column_encoding,
             )
         except BaseException as exc:
             self._staged.abort()
