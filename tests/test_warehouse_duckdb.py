@@ -98,7 +98,8 @@ async def test_rerun_is_skipped_and_force_reloads_without_duplicates(local_store
 
     again = await upload(ctx, request(D1, D2, ("5m",)))
     assert again.outcomes == {"skipped": 2} and again.exit_code == 0
-    assert again.rows == first.rows  # a skipped unit reports what the warehouse holds
+    assert again.rows == 0  # nothing loaded; each skipped unit says what the warehouse holds for its day
+    assert sum(r.extra["rows_held"] for r in again.results) == first.rows
 
     forced = await upload(ctx, request(D1, D2, ("5m",), force=True))
     assert forced.outcomes == {"written": 2}

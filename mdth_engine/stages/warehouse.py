@@ -104,9 +104,8 @@ class WarehouseStage:
                 return UnitResult(
                     unit.unit_id,
                     Outcome.SKIPPED,
-                    rows=record.rows,
                     output=unit.output,
-                    extra={"job_id": record.job_id, "table": table},
+                    extra={"job_id": record.job_id, "table": table, "rows_held": record.rows},
                 )
         spool = Path(self.ctx.spool_dir) / "upload" / f"{table}-{unit.day:%Y%m%d}-{uuid.uuid4().hex[:8]}"
         try:

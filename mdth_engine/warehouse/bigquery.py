@@ -2,8 +2,10 @@
 
 The day is restaged into one Parquet file (candle files lack ``instrument_key``; see staging.py), then loaded
 from ``gs://`` when the lake is on GCS (staged next to the lake, deleted after) or uploaded from the local
-spool otherwise. Tables are DAY-partitioned on ``timestamp`` and clustered by ``instrument_key``; new columns
-are added as NULLABLE (tables.patch first, ALLOW_FIELD_ADDITION on the job), never dropped or retyped.
+spool otherwise. Tables are DAY-partitioned on ``timestamp`` (the bucket start; ``timestamp_out`` of a day's
+last bucket is the next midnight and would land in the next partition) and clustered by ``instrument_key``;
+one job per (table, day), never row-chunked jobs (per-table job quotas). New columns are added as NULLABLE
+(tables.patch first, ALLOW_FIELD_ADDITION on the job), never dropped or retyped; the schema is explicit.
 Retries: API calls retry on transient errors (the client's predicate, our backoff); a load job that ends with a
 transient error (backendError, internalError, rateLimitExceeded) is resubmitted as a new job, since replacing a
 partition is idempotent. Load records go to ``_loads`` by a DML INSERT after the job is DONE, so a crash
