@@ -71,9 +71,8 @@ class Supervisor:
             if record.state == rec.LAUNCHED and age < (30 if self.spec.backend == "gce" else 5):
                 return ""  # the VM may not be listed yet, the process may be between fork and exec
             what = "VM is gone" if self.spec.backend == "gce" else "process exited"
-            return f"{what} before the shard finished" + (
-                f" ({record.last_error})" if record.last_error else ""
-            )
+            said = f" ({record.last_error})" if record.state == rec.INTERRUPTED and record.last_error else ""
+            return f"{what} before the shard finished{said}"
         if presence == ALIVE and record.state == rec.INTERRUPTED and age > self.stale_after:
             return "worker stopped without finishing"
         if record.state == rec.RUNNING and age > self.stale_after:
@@ -116,9 +115,8 @@ class Supervisor:
     def _launch(self, record: rec.ShardRecord, note: str, relaunches: int = 0) -> None:
         try:
             launch_shard(self.store, self.spec, record.shard, self.backend, relaunches=relaunches, note=note)
-        except (
-            Exception
-        ) as exc:  # counted as an attempt: the next poll sees it gone and tries again or gives up
+        except Exception as exc:
+            # counted as an attempt: the next poll sees the worker gone, and relaunches or gives up
             self._warn(f"shard {record.shard}: launch failed: {exc}")
 
     def _warn(self, message: str) -> None:

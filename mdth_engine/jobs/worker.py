@@ -212,9 +212,8 @@ async def arun_shard(
         cancelled = await asyncio.to_thread(rec.cancel_requested, store, job_id)
         run.state = rec.CANCELLED if cancelled else rec.INTERRUPTED
         progress.last_error = progress.last_error if cancelled else f"stopped by {exc}"
-    except (
-        Exception
-    ) as exc:  # the shard cannot go on (stage not buildable, store failing): recorded, re-raised
+    except Exception as exc:
+        # the shard cannot go on (stage not buildable, store failing): recorded, then re-raised
         run.state = rec.FAILED
         progress.last_error = f"shard stopped: {one_line(exc)}"
         error = exc
