@@ -207,6 +207,14 @@ async def test_an_invalid_job_fails_the_unit_once_and_keeps_the_partition(bq, lo
     assert len(bq.rows(DATASET, "_loads")) == 1
 
 
+async def test_an_empty_file_adds_no_rows(bq, local_store, tmp_path):
+    written = fill_lake(local_store, [D1], ["4h"], keys=KEYS[:1])
+    write_candles(local_store, D1, "4h", KEYS[1], candle_table(D1, "4h", 0, rows=0))
+    summary = await upload(context(local_store, tmp_path), warehouse(bq), D1, D1, ("4h",))
+    assert summary.outcomes == {"written": 1} and summary.rows == 6, summary.failures
+    assert_same_rows(bq.rows(DATASET, "candles_4h"), written[(D1, "4h", KEYS[0])])
+
+
 async def test_rows_outside_the_partition_are_refused_before_any_job(bq, local_store, tmp_path):
     write_candles(local_store, D1, "4h", KEYS[0], candle_table(D1, "4h", 1, shift_us=4 * 3_600_000_000))
     summary = await upload(context(local_store, tmp_path), warehouse(bq), D1, D1, ("4h",))

@@ -216,6 +216,19 @@ async def test_a_bad_day_fails_and_leaves_the_previous_load_intact(local_store, 
     assert summary.exit_code == 1 and f"holds {KEYS[1]} by its footer" in summary.failures[0].reason
 
 
+async def test_an_empty_file_loads_as_no_rows_and_is_recorded(local_store, tmp_path):
+    written = fill_lake(local_store, [D1], ["1h"], keys=KEYS[:2])
+    empty = candle_table(D1, "1h", 0, rows=0)
+    write_candles(local_store, D1, "1h", KEYS[2], empty)
+    ctx = context(local_store, tmp_path)
+    summary = await upload(ctx, request(D1, D1, ("1h",)))
+    assert summary.outcomes == {"written": 1} and summary.rows == 2 * 24, summary.failures
+    for key in KEYS[:2]:
+        assert_same_rows(day_rows(ctx, "1h", D1, key), written[(D1, "1h", key)])
+    sources = json.loads(query(ctx, "SELECT sources FROM _loads").column(0)[0].as_py())
+    assert {s["instrument_key"]: s["rows"] for s in sources} == {KEYS[0]: 24, KEYS[1]: 24, KEYS[2]: 0}
+
+
 async def test_a_day_without_files_is_not_found_and_touches_nothing(local_store, tmp_path):
     ctx = context(local_store, tmp_path)
     summary = await upload(ctx, request(D1, D1, ("4h", "24h")))
