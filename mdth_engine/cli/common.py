@@ -82,7 +82,7 @@ def print_rows(
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([[_cell(row.get(c)) for c in columns] for row in rows])
+        writer.writerows([[_cell(row.get(c), exact=True) for c in columns] for row in rows])
         sys.stdout.write(buf.getvalue())
         return
     if fmt == "table":
@@ -108,11 +108,12 @@ def print_rows(
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, exact: bool = False) -> str:
+    """Text of a value: floats shortened for people, exact (repr) for CSV that programs read."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return repr(value) if exact else f"{value:.6g}"
     if isinstance(value, list | tuple | set):
         return ",".join(str(v) for v in value)
     return str(value)

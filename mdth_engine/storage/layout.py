@@ -11,6 +11,7 @@ CANDLES_ROOT = "processed_candles/by_date"
 REPORTS_ROOT = "validation_reports/by_date"
 STREAMING_ROOT = "streaming"
 JOBS_ROOT = "_jobs"
+WAREHOUSE_STAGING_ROOT = "_warehouse/staging"  # gs:// load sources, kept only while a BigQuery load runs
 
 _DAY_DIR = re.compile(r"day-(\d{4}-\d{2}-\d{2})")
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from mdth_engine import __version__
 from mdth_engine.core.errors import UsageError
+from mdth_engine.storage import layout
 from mdth_engine.warehouse.base import DayBatch, LoadRecord, LoadResult, WarehouseError
 from mdth_engine.warehouse.schema import (
     KEY,
@@ -41,7 +42,7 @@ from mdth_engine.warehouse.schema import (
 )
 from mdth_engine.warehouse.staging import write_staging_file
 
-STAGING_ROOT = "_warehouse/staging"  # lake prefix for gs:// load sources; objects live only during a load
+STAGING_ROOT = layout.WAREHOUSE_STAGING_ROOT
 MULTIPART_MAX = 5 * 1024 * 1024  # below this a file goes up in one multipart request, else resumable
 TRANSIENT_JOB_REASONS = frozenset(
     {"backendError", "internalError", "rateLimitExceeded", "jobBackendError", "jobInternalError"}
