@@ -7,6 +7,8 @@ import gzip
 import io
 import itertools
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -310,3 +312,15 @@ def test_simulator_as_a_process(sim_process, tmp_path) -> None:  # noqa: F811
     assert tries == [429, 200]
     with urllib.request.urlopen(f"{sim_process.base_url}/health", timeout=5) as resp:
         assert json.loads(resp.read())["ok"] is True
+
+
+@pytest.mark.parametrize("bad", [["--scale", "huge"], ["--faults", "teapot"], ["--now", "yesterday"]])
+def test_serve_usage_errors_exit_2_with_one_line(bad: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.simulator", "serve", *bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("mdth: error: ")

@@ -15,7 +15,7 @@ from pathlib import Path
 from mdth_engine.core.errors import UsageError
 
 # Bump when any generator changes its output: cached files live under this folder name.
-MODEL_VERSION = "m1"
+MODEL_VERSION = "m2"
 
 # Named volume scales: the fraction of a realistic day. "small" keeps a BTCUSDT trades day at a few thousand rows.
 SCALES: dict[str, float] = {"tiny": 0.0002, "small": 0.002, "medium": 0.05, "full": 1.0}

@@ -32,7 +32,7 @@ class FaultRule:
     path: str = DEFAULT_PATH
     probability: float = 1.0
     first: int | None = None  # fire on the first N requests of each distinct path, then never
-    retry_after: int = 0  # seconds, for 429 (the official client waits exactly this, plus < 1 s)
+    retry_after: int = 1  # seconds, for 429 (the official client waits exactly this, plus < 1 s)
     delay: float = 2.0  # seconds, for slow (before the headers and spread over the body)
 
     def __post_init__(self) -> None:

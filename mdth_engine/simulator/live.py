@@ -334,12 +334,24 @@ def _streams_from(request: web.Request) -> list[str]:
     return [s for s in tail.split("/") if s]
 
 
+OPEN_SOCKETS = web.AppKey("mdth_sim_open_sockets", set)
+
+
+async def close_sockets(app: web.Application) -> None:
+    """``on_shutdown`` hook: close live connections so a server stops at once."""
+    for ws in list(app.get(OPEN_SOCKETS, ())):
+        await ws.close(code=1001, message=b"server shutdown")
+
+
 async def serve_ws(
     request: web.Request, feed: LiveFeed, clock: LiveClock, executor: Executor | None
 ) -> web.WebSocketResponse:
     """One client connection: initial streams from the URL, then requests over the socket."""
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
+    sockets = request.app.get(OPEN_SOCKETS)
+    if sockets is not None:
+        sockets.add(ws)
     combined = request.path.rstrip("/").endswith("/stream")
     subs: dict[str, Subscription] = {}
     loop = asyncio.get_running_loop()
@@ -408,6 +420,8 @@ async def serve_ws(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await read_task
         await ws.close()
+        if sockets is not None:
+            sockets.discard(ws)
     return ws
 
 
@@ -417,4 +431,4 @@ def default_clock(start: dt.datetime | None, speed: float) -> LiveClock:
     return LiveClock((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, speed)
 
 
-__all__ = ["LiveClock", "LiveFeed", "default_clock", "serve_ws"]
+__all__ = ["OPEN_SOCKETS", "LiveClock", "LiveFeed", "close_sockets", "default_clock", "serve_ws"]

@@ -27,7 +27,7 @@ from mdth_engine.simulator import csvout, klines, metadata
 from mdth_engine.simulator.config import SimConfig
 from mdth_engine.simulator.datasets import DatasetCache, UnknownDataset, sources_for
 from mdth_engine.simulator.faults import STATUS_KINDS, FaultRule, Faults
-from mdth_engine.simulator.live import LiveFeed, default_clock, serve_ws
+from mdth_engine.simulator.live import OPEN_SOCKETS, LiveFeed, close_sockets, default_clock, serve_ws
 from mdth_engine.simulator.universe import EXCHANGES, find_instrument, grouped_symbol
 
 CHUNK = 256 * 1024
@@ -91,6 +91,8 @@ class SimulatorApp:
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
+        app[OPEN_SOCKETS] = set()
+        app.on_shutdown.append(close_sockets)
         r = app.router
         r.add_get("/health", self.health)
         r.add_get("/v1/exchanges", self.exchanges)
