@@ -178,7 +178,9 @@ class WebSocketSource(Source):
                 if events:
                     counters["events"] += len(events)
                     await self._put(Batch(events, received))
-                    await asyncio.sleep(0)  # let the engine apply it now: latency, not a burst's worth of queueing
+                    await asyncio.sleep(
+                        0
+                    )  # let the engine apply it now: latency, not a burst's worth of queueing
             elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 code = ws.close_code
                 return f"closed by the server (code {code})" if code else "connection closed"
