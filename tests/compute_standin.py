@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,7 @@ class ComputeStandIn:
             self._kill_vm(name)
         self._server.shutdown()
         self._server.server_close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- what tests drive ----------------------------------------------------------------------------------------
 

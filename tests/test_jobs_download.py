@@ -97,8 +97,11 @@ def test_four_local_shards_make_the_lake_one_shard_makes_even_with_a_kill(
 ):
     """1 shard through the Python API; 4 shards through `mdth download --shards 4 --json`, one worker killed."""
     from mdth_engine.api import ensure_instruments
+    from mdth_engine.jobs.backends import local
 
     monkeypatch.setenv("MDTH_WORKER_HEARTBEAT_S", "0.3")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # worker logs of the CLI's job stay in this test's folder
+    monkeypatch.setattr(local, "log_dir", lambda job_id: tmp_path / "worker-logs" / job_id)
     request = Request("download", DAYS[0], DAYS[-1], symbols=SYMBOLS, data_types=TYPES)
     settings = _settings(slow_sim, tmp_path / "one", 4)
     asyncio.run(ensure_instruments(request, settings))

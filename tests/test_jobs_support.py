@@ -123,9 +123,11 @@ def make_stage(ctx: Any) -> FakeStage:
 @pytest.fixture
 def fake_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Register the fake stage here and in every worker subprocess this test starts; returns the lake path."""
+    from mdth_engine.jobs.backends import local
     from mdth_engine.stages import registry
 
     monkeypatch.setitem(registry.STAGES, "fake", "test_jobs_support:make_stage")
+    monkeypatch.setattr(local, "log_dir", lambda job_id: tmp_path / "worker-logs" / job_id)
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
