@@ -63,10 +63,6 @@ def _rows(b: Batch) -> int:
     return int(b["local"].size)
 
 
-def _empty_like(b: Batch) -> Batch:
-    return {k: v[:0] for k, v in b.items()}
-
-
 def _keep_changes(values: list[np.ndarray], group: np.ndarray | None = None) -> np.ndarray:
     """Rows that differ from the previous row (in exchange order) in any of ``values``; first row kept."""
     n = values[0].shape[0]
@@ -111,6 +107,8 @@ def _book_batch(
 
 
 class InstrumentSource:
+    """One non-option instrument; ``names`` is its one CSV symbol."""
+
     def __init__(self, inst: Instrument, scale: float, tag: str) -> None:
         self.inst = inst
         self.scale = scale
@@ -128,7 +126,6 @@ class InstrumentSource:
 
     def batch(self, data_type: str, day: dt.date, w: int) -> Batch:
         ctx = self.ctx(day)
-        sym = np.zeros(0, dtype=np.int32)
         if data_type == "trades":
             t = market.trades(ctx, w)
             sym = np.zeros(len(t), dtype=np.int32)
@@ -340,6 +337,8 @@ class L2State:
 
 
 class Formatter:
+    """Batch -> CSV lines for one source and data type (stateful for L2 diffs)."""
+
     def __init__(
         self,
         exchange: str,

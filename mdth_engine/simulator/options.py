@@ -414,8 +414,14 @@ def chain_ticker(cctx: ChainCtx, w: int) -> ChainTicker:
 
     vega = np.maximum(val.greeks.vega, 1e-9)
     mark_usd = val.greeks.price_usd
-    bid_iv = np.where(bid > 0, np.clip(val.iv * 100 + (price_usd(bid) - mark_usd) / vega, 1.0, 500.0), np.nan)
-    ask_iv = np.where(ask > 0, np.clip(val.iv * 100 + (price_usd(ask) - mark_usd) / vega, 1.0, 500.0), np.nan)
+
+    def quote_iv(ticks: np.ndarray) -> np.ndarray:
+        """IV of a quote, first order around the mark; empty where that is meaningless (no vega left)."""
+        iv = val.iv * 100 + (price_usd(ticks) - mark_usd) / vega
+        ok = (ticks > 0) & (val.greeks.vega > 0.05) & (iv > 5.0) & (iv < 300.0)
+        return np.where(ok, iv, np.nan)
+
+    bid_iv, ask_iv = quote_iv(bid), quote_iv(ask)
     trades = chain_trades(cctx, w)
     tidx = (
         np.searchsorted(
@@ -461,7 +467,7 @@ def chain_ticker(cctx: ChainCtx, w: int) -> ChainTicker:
         ask,
         np.where(ask > 0, top.ask_amt[:, 0], 0),
         np.round(ask_iv, 2),
-        np.round(val.fair, 4),
+        np.round(np.maximum(val.fair, 0.0001), 4),  # venues never mark an option at zero
         np.round(val.iv * 100, 2),
         und_future,
         np.round(val.forward, und_dec),
