@@ -18,6 +18,7 @@ import datetime as dt
 import gzip
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,15 +56,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-dir", default=None, help="default: a fresh temp folder (cold generation)")
     args = parser.parse_args()
+    day = dt.date.fromisoformat(args.day)
+    cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="mdth-sim-bench-"))
+    try:
+        return _run(args, day, cache_dir)
+    finally:
+        if not args.cache_dir:
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
+
+def _run(args: argparse.Namespace, day: dt.date, cache_dir: Path) -> int:
     import tardis_dev
 
     from mdth_engine.simulator import SimulatorServer
     from mdth_engine.simulator.config import SimConfig
     from mdth_engine.simulator.datasets import DatasetCache
 
-    day = dt.date.fromisoformat(args.day)
-    cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="mdth-sim-bench-"))
     config = SimConfig(scale=args.scale, cache_dir=cache_dir)
     cache = DatasetCache(config.cache_path, config.scale_factor, config.scale_tag)
     key = "bench-key"
