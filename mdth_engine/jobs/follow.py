@@ -124,7 +124,8 @@ class Supervisor:
 
 
 class _Reporter:
-    """Turns successive statuses into events: per-shard progress, the job's total, failures, shard ends."""
+    """Turns successive statuses into events: per-shard progress (stage ``op[i]``, ``data.shard``), the job's
+    total (stage ``op``, ``data`` = the job's status), failures (ERROR per failed unit), shard ends (INFO)."""
 
     def __init__(self, store: Any, spec: JobSpec, sink: Sink) -> None:
         self.store, self.spec, self.sink = store, spec, sink
@@ -175,7 +176,7 @@ class _Reporter:
                 self.sink(
                     Event(
                         Kind.PROGRESS,
-                        op,
+                        f"{op}[{record.shard}]",  # its own stage: a generic renderer draws one bar per shard
                         job=job,
                         message=f"shard {record.shard} {record.state}",
                         units_done=record.units_done,
