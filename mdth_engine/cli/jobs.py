@@ -8,6 +8,7 @@ same information as NDJSON events with ``--json``.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Annotated, Any
 
@@ -62,23 +63,28 @@ class JobView:
         self.shards: dict[int, dict[str, Any]] = {}
         self.job: dict[str, Any] = {}
         self.received: dict[int, float] = {}
+        self._lock = threading.Lock()  # fed by the follow loop, drawn by Live's refresh thread
 
     def __call__(self, ev: Event) -> None:
-        if ev.kind is Kind.STARTED:
-            self.job_id = ev.job or self.job_id
-            self.operation = ev.stage
-        if ev.kind is Kind.PROGRESS and "shard" in ev.data:
-            self.shards[int(ev.data["shard"])] = dict(ev.data)
-            self.received[int(ev.data["shard"])] = time.time()
-        elif ev.kind in (Kind.PROGRESS, Kind.FINISHED) and ev.data:
-            self.job = dict(ev.data)
+        with self._lock:
+            if ev.kind is Kind.STARTED:
+                self.job_id = ev.job or self.job_id
+                self.operation = ev.stage
+            if ev.kind is Kind.PROGRESS and "shard" in ev.data:
+                self.shards[int(ev.data["shard"])] = dict(ev.data)
+                self.received[int(ev.data["shard"])] = time.time()
+            elif ev.kind in (Kind.PROGRESS, Kind.FINISHED) and ev.data:
+                self.job = dict(ev.data)
 
     def rows(self, now: float | None = None) -> list[dict[str, Any]]:
         now = now or time.time()
+        with self._lock:
+            shards = {k: dict(v) for k, v in self.shards.items()}
+            received = dict(self.received)
         out = []
-        for shard in sorted(self.shards):
-            view = self.shards[shard]
-            waited = now - self.received.get(shard, now)
+        for shard in sorted(shards):
+            view = shards[shard]
+            waited = now - received.get(shard, now)
             updated = view.get("updated_at") or 0
             eta = view.get("eta_s")
             if eta is not None and view.get("state") == "running":
@@ -131,7 +137,8 @@ class JobView:
             cells.append(Text(str(row["where"])))
             cells.append(Text(str(row["last_error"]), style="red" if row["last_error"] else ""))
             table.add_row(*cells)
-        job = self.job
+        with self._lock:
+            job = dict(self.job)
         head = Text(f"{self.job_id}  {self.operation}  ", style="bold")
         if job:
             head.append(
