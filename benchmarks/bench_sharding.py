@@ -7,7 +7,8 @@ tail of small alts, the options chains huge), with day-to-day noise and quieter 
 
 LPT is planned on what the planner would know, through the real ``estimate_bytes`` against a lake of sparse
 files: a warm lake (the last week of the month before already downloaded) and a cold one (the default table
-only), plus LPT on the true sizes as the floor. Baselines: the original system's ``abs(hash(instrument_key))
+only), plus LPT on the true sizes as the floor and on true sizes blurred by one day's noise (what estimates
+from earlier days can hope for). Baselines: the original system's ``abs(hash(instrument_key))
 % N`` (Python's salted hash, so every process splits differently; 10 salts) and a stable per-unit crc32.
 The spread is the largest shard's true bytes over the mean: the job takes that many times the ideal.
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 import zlib
@@ -170,6 +171,14 @@ def main() -> None:
             "",
         )
     )
+    noisy = {uid: size * math.exp(rng.gauss(0, 0.3)) for uid, size in truth.items()}
+    rows.append(
+        (
+            "LPT on true sizes x one day's noise (sigma 0.3)",
+            spread(shard_loads(lpt_assign(list(noisy.items()), n), truth, n)),
+            "estimates as good as one other day's size",
+        )
+    )
 
     salted = []
     for salt in range(10):  # Python's hash() is salted per process: 10 processes, 10 different splits
@@ -188,7 +197,7 @@ def main() -> None:
     print(
         f"{len(instruments)} instruments, {len(truth)} units over {len(MONTH)} days, {total / 1024**3:.1f} GiB; "
         f"N={n} shards, ideal {total / n / 1024**3:.2f} GiB per shard; largest unit {biggest / 1024**3:.2f} GiB "
-        f"(floor for any split: {max(1.0, biggest / (total / n)):.2f}); seed {args.seed}, python {os.sys.version.split()[0]}"
+        f"(floor for any split: {max(1.0, biggest / (total / n)):.2f}); seed {args.seed}, python {sys.version.split()[0]}"
     )
     width = max(len(r[0]) for r in rows)
     print(f"{'strategy'.ljust(width)}  spread (max/mean)  notes")
