@@ -54,14 +54,15 @@ def dataset_url(settings: Settings, exchange: str, data_type: str, day: dt.date,
 def classify_http_error(exc: urllib.error.HTTPError, what: str) -> SourceUnavailable:
     """Tardis' status codes as outcomes: 401/403 unauthorized, 400 code 140 not exported yet, 404 not found."""
     body = _error_body(exc)
-    message = body.get("message") or (exc.msg or "").strip().splitlines()[0:1] or [""]
-    text = message if isinstance(message, str) else message[0]
-    text = text[:200]
+    text = str(body.get("message") or (exc.msg or "").strip().split("\n", 1)[0])[:200]
     if exc.code in (401, 403):
-        hint = "set MDTH_TARDIS_API_KEY (free without a key: only the first day of each month)"
-        return Unauthorized(f"{what}: HTTP {exc.code} unauthorized: {text or hint}", exc.code)
+        detail = f": {text}" if text else ""
+        hint = "set MDTH_TARDIS_API_KEY to a key whose plan covers it (without a key: the 1st day of a month only)"
+        return Unauthorized(f"{what}: HTTP {exc.code} unauthorized{detail}; {hint}", exc.code)
     if exc.code == 400 and body.get("code") == 140:
-        return NotExported(f"{what}: not exported yet: {text}", exc.code)
+        return NotExported(
+            f"{what}: not exported yet ({text}); Tardis exports day D on D+1 around 06:00 UTC", exc.code
+        )
     if exc.code == 404:
         return SourceNotFound(f"{what}: HTTP 404 not found", exc.code)
     return SourceUnavailable(f"{what}: HTTP {exc.code}: {text}", exc.code)
