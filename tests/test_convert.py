@@ -552,7 +552,7 @@ def test_the_line_by_line_path_equals_the_fast_path(tmp_path, sample, data_type,
     from mdth_engine.stages.convert import _Plan
 
     plan = _Plan(tmp_path / "x", layout_for(data_type), exchange, symbol, 1 << 20)
-    found = analyse(Chunk(b"", body, len(body), 2, body.count(b"\n")), layout_for(data_type), plan.rules)
+    found = analyse(Chunk(b"", body, len(body)), 2, layout_for(data_type), plan.rules)
     assert found.bad_lines.size == 0
     fast = pa.Table.from_batches([b for _, b in sink.calls]).drop_columns(
         ["instrument_key"] if data_type == "options_chain" else []
@@ -672,13 +672,11 @@ def test_chunk_prefix_count_spans_head_and_body():
     line = prefix + b"1,2,3,buy,4,5\n"
     other = b"binance-futures,ETHUSDT,1,2,3,buy,4,5\n"
     body = line[10:] + line + other + line
-    chunk = Chunk(line[:10], body, len(body), 2, 4)
+    chunk = Chunk(line[:10], body, len(body))
     assert chunk.data == line + line + other + line
     assert chunk.lines_starting_with(prefix) == 3
-    assert Chunk(b"", other + line, len(other + line), 2, 2).lines_starting_with(prefix) == 1
-    assert (
-        Chunk(other[:5], other[5:] + line, len(other) - 5 + len(line), 2, 2).lines_starting_with(prefix) == 1
-    )
+    assert Chunk(b"", other + line, len(other + line)).lines_starting_with(prefix) == 1
+    assert Chunk(other[:5], other[5:] + line, len(other) - 5 + len(line)).lines_starting_with(prefix) == 1
     assert bytes(chunk.arrow()) == chunk.data
 
 
@@ -735,6 +733,43 @@ def test_side_columns_share_one_fixed_dictionary(tmp_path):
     """Every batch carries the same sorted domain as dictionary (the writer keeps one dictionary per file)."""
     lines = [TRADES_HEADER, *trades_lines(3000)]
     lines[5] = lines[5].replace(",buy,", ",unknown,").replace(",sell,", ",unknown,")
-    _, sink = run(gz(tmp_path, "\n".join(lines) + "\n"), "trades", "binance-futures", "BTCUSDT", block_size=8 << 10)
-    assert {tuple(b.column("side").dictionary.to_pylist()) for _, b in sink.calls} == {("buy", "sell", "unknown")}
+    _, sink = run(
+        gz(tmp_path, "\n".join(lines) + "\n"), "trades", "binance-futures", "BTCUSDT", block_size=8 << 10
+    )
+    assert {tuple(b.column("side").dictionary.to_pylist()) for _, b in sink.calls} == {
+        ("buy", "sell", "unknown")
+    }
     assert [r["side"] for r in sink.rows()] == [line.split(",")[5] for line in lines[1:]]
+
+
+def test_line_numbers_stay_exact_across_chunks_with_blank_lines(tmp_path):
+    lines = [TRADES_HEADER, *trades_lines(3000)]
+    for n in (50, 51, 1200):  # blank lines (they are skipped, not bad, but they are lines)
+        lines[n - 1] = ""
+    lines[2899] = lines[2899].replace(",buy,", ",bid,").replace(",sell,", ",bid,")
+    with pytest.raises(BadRowsError) as info:
+        run(gz(tmp_path, "\n".join(lines) + "\n"), "trades", "binance-futures", "BTCUSDT", block_size=4096)
+    assert (info.value.line, info.value.count) == (2900, 1)
+
+
+def test_a_lone_carriage_return_is_a_bad_line_not_two_rows(tmp_path):
+    lines = [TRADES_HEADER, *trades_lines(3000)]
+    lines[99] = lines[99] + "\r" + lines[100]  # two records on one line, split by a bare CR
+    del lines[100]
+    lines[1999] = lines[1999].replace(",buy,", ",bid,").replace(",sell,", ",bid,")
+    src = gz(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(BadRowsError) as info:
+        run(src, "trades", "binance-futures", "BTCUSDT", block_size=4096)
+    assert (info.value.line, info.value.reason, info.value.count) == (100, "expected 8 columns, found 15", 2)
+    quarantine = tmp_path / "q.csv"
+    result, _ = run(
+        src,
+        "trades",
+        "binance-futures",
+        "BTCUSDT",
+        block_size=4096,
+        on_bad_rows="quarantine",
+        quarantine_path=quarantine,
+    )
+    assert quarantine.read_bytes() == (lines[99] + "\n" + lines[1999] + "\n").encode()
+    assert result.rows == 2999 - 2

@@ -201,7 +201,8 @@ class _Plan:
             block_size=max(1 << 20, block_size // max(2, os.cpu_count() or 2)),
             use_threads=True,
         )
-        self.parse_options = pcsv.ParseOptions(quote_char=False)  # Tardis never quotes
+        # Tardis never quotes; blank lines are kept as rows so that rows and lines stay one to one
+        self.parse_options = pcsv.ParseOptions(quote_char=False, ignore_empty_lines=False)
         self.convert_options = pcsv.ConvertOptions(
             column_types={c.name: _CSV_TYPES[DICT if c.kind == SYMBOL else c.kind] for c in stored},
             include_columns=[c.name for c in stored],
@@ -223,6 +224,7 @@ class _Plan:
 
     def convert(self, stats: SourceStats) -> Iterator[_Converted]:
         chunks = threaded(lambda: read_chunks(self.src, stats, self.block_size), name="mdth-convert-read")
+        line = 2  # the file line of the next chunk's first line (the header is line 1)
         try:
             for chunk in chunks:
                 self.check_header(stats.header)
@@ -230,9 +232,11 @@ class _Plan:
                     self.prefix = self._prefix(chunk)
                 table = self._fast(chunk)
                 if table is not None:
+                    line += table.num_rows  # clean: one row per line (see _fast)
                     yield self._emit(table, _NO_LINES, [], "")
                 else:
-                    found: Analysis = analyse(chunk, self.layout, self.rules)
+                    found: Analysis = analyse(chunk, line, self.layout, self.rules)
+                    line += found.lines
                     yield self._emit(found.table, found.bad_lines, found.bad_text, found.first_reason)
         finally:
             chunks.close()
@@ -262,15 +266,19 @@ class _Plan:
         return f"{self.exchange},{spelled},".encode()
 
     def _fast(self, chunk: Chunk) -> pa.Table | None:
-        """The chunk parsed by pyarrow, or None when any row needs a closer look."""
+        """The chunk parsed by pyarrow, or None when any row needs a closer look.
+
+        Clean means: pyarrow read it (no wrong column count, no unparsable cell) and every row is a line that
+        starts with ``exchange,symbol,`` right after a line break. Blank lines are rows here (with empty,
+        hence missing, timestamps) and a lone carriage return would start a row not preceded by a line
+        break, so in a clean chunk rows and lines are one to one and the row count numbers the lines.
+        """
         try:  # a wrong column count or an unparsable cell raises: the chunk goes line by line
             table = pcsv.read_csv(chunk.arrow(), self.read_options, self.parse_options, self.convert_options)
         except pa.ArrowInvalid:
             return None
-        if table.num_rows != chunk.lines:  # blank lines, or a stray carriage return splitting a line
-            return None
         assert self.prefix is not None
-        if chunk.lines_starting_with(self.prefix) != chunk.lines:
+        if chunk.lines_starting_with(self.prefix) != table.num_rows:
             return None
         for name in self.required:
             if table.column(name).null_count:

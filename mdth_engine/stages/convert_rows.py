@@ -116,10 +116,11 @@ class Analysis:
     bad_lines: np.ndarray  # 1-based file line numbers of bad rows, ascending
     bad_text: list[bytes]  # the exact bad lines (without the line break), same order
     first_reason: str  # why the first bad row is bad ("" when none)
+    lines: int  # lines in the chunk (blank ones included), to number the next chunk's lines
 
 
-def analyse(chunk: Chunk, layout: Layout, rules: UnitRules) -> Analysis:
-    """Split a chunk into good rows (typed) and bad lines with the reason for the first one."""
+def analyse(chunk: Chunk, first_line: int, layout: Layout, rules: UnitRules) -> Analysis:
+    """Split a chunk (whose first line is file line ``first_line``) into good rows and bad lines."""
     data = original = chunk.data
     starts, ends = _line_bounds(data)
     invalid_utf8 = _invalid_utf8_lines(data, starts, ends)
@@ -163,7 +164,7 @@ def analyse(chunk: Chunk, layout: Layout, rules: UnitRules) -> Analysis:
                     break
     bad_text = [original[starts[i] : ends[i]] for i in bad_rows.tolist()]
     table = _good_table(layout, checked, good)
-    return Analysis(table, bad_rows + chunk.first_line, bad_text, reason)
+    return Analysis(table, bad_rows + first_line, bad_text, reason, len(starts))
 
 
 def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -46,15 +46,13 @@ class Chunk:
     """Whole lines of the decompressed CSV: ``head + body[:end]``, ending with a line break.
 
     ``head`` is the start of the first line carried over from the previous block (it holds no line break);
-    keeping the two apart saves copying every block twice. ``first_line`` is the 1-based file line of the
-    chunk's first line, ``lines`` the number of lines.
+    keeping the two apart saves copying every block twice. Lines are not counted here: a clean chunk's line
+    count is its row count (see convert.py), only a chunk that goes line by line counts them itself.
     """
 
     head: bytes
     body: bytes
     end: int
-    first_line: int
-    lines: int
 
     @property
     def data(self) -> bytes:
@@ -126,7 +124,6 @@ def read_chunks(src: Path, stats: SourceStats, block_size: int) -> Iterator[Chun
     with open(src, "rb") as raw:
         hashing = _HashingFile(raw)
         reader = _gzip_module.GzipFile(fileobj=hashing, mode="rb")  # type: ignore[arg-type]
-        line = 2
         rest = b""  # the start of a line whose end is in the next block
         header_pending = True
         while True:
@@ -147,14 +144,12 @@ def read_chunks(src: Path, stats: SourceStats, block_size: int) -> Iterator[Chun
             if cut < 0:  # one line longer than a block: keep collecting
                 rest += data
                 continue
-            lines = data.count(b"\n", 0, cut + 1)
-            yield Chunk(rest, data, cut + 1, line, lines)
-            line += lines
+            yield Chunk(rest, data, cut + 1)
             rest = data[cut + 1 :]
         if header_pending:
             stats.header = rest if rest else None
         elif rest:  # last line without a line break
-            yield Chunk(rest, b"\n", 1, line, 1)
+            yield Chunk(rest, b"\n", 1)
         hashing.drain()
         stats.source_bytes = hashing.nbytes
         stats.sha256 = hashing.sha.hexdigest()
