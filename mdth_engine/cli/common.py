@@ -146,16 +146,26 @@ def iter_nonempty(lines: Iterable[str]) -> Iterable[str]:
 
 
 def execute_stage(
-    ctx: typer.Context, request: Any, settings: Settings, json_flag: bool, concurrency: int | None
+    ctx: typer.Context,
+    request: Any,
+    settings: Settings,
+    json_flag: bool,
+    concurrency: int | None,
+    units: Any = None,
 ) -> None:
     """Run a stage in this process with progress and a summary; exit 1 when any unit failed."""
-    code = run_reported(ctx, request, settings, json_flag, concurrency)
+    code = run_reported(ctx, request, settings, json_flag, concurrency, units)
     if code:
         raise typer.Exit(code)
 
 
 def run_reported(
-    ctx: typer.Context, request: Any, settings: Settings, json_flag: bool, concurrency: int | None
+    ctx: typer.Context,
+    request: Any,
+    settings: Settings,
+    json_flag: bool,
+    concurrency: int | None,
+    units: Any = None,
 ) -> int:
     """Run a stage with progress, print its failures and a one-line summary, return its exit code."""
     import asyncio
@@ -165,7 +175,7 @@ def run_reported(
 
     as_json = json_mode(ctx, json_flag)
     with progress_sink(as_json) as sink:
-        summary = asyncio.run(run_stage(request, settings, sink=sink, concurrency=concurrency))
+        summary = asyncio.run(run_stage(request, settings, sink=sink, concurrency=concurrency, units=units))
     if as_json:
         print_json({"kind": "summary", **summary.to_dict()})
     else:

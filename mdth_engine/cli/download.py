@@ -67,7 +67,7 @@ def build_request(operation, start, end, venues, types, data_types, symbols, bas
 
 
 def run_request(
-    ctx: typer.Context, request, settings, json_flag: bool, concurrency, shards: int, backend: str
+    ctx: typer.Context, request, settings, json_flag: bool, concurrency, shards: int, backend: str, units=None
 ):
     """Run in this process, or as a sharded job when --shards > 1 or the backend is not local."""
     from mdth_engine.cli.common import execute_stage
@@ -75,9 +75,11 @@ def run_request(
     if shards > 1 or backend != "local":
         from mdth_engine.cli.jobs import launch_and_follow
 
-        launch_and_follow(ctx, request, shards, backend, json_flag, settings=settings)
+        if concurrency:
+            settings = settings.model_copy(update={"concurrency": concurrency})
+        launch_and_follow(ctx, request, shards, backend, json_flag, settings=settings, units=units)
         return
-    execute_stage(ctx, request, settings, json_flag, concurrency)
+    execute_stage(ctx, request, settings, json_flag, concurrency, units=units)
 
 
 def prepare_master(ctx: typer.Context, request, settings, json_flag: bool) -> None:
@@ -169,7 +171,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             print_plan(ctx, units, json_out)
             return
-        run_request(ctx, request, settings, json_out, concurrency, shards, backend)
+        run_request(ctx, request, settings, json_out, concurrency, shards, backend, units=units)
 
     @app.command("pipeline")
     def pipeline(

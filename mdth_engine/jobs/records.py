@@ -63,7 +63,7 @@ RESULT_SCHEMA = pa.schema(
 
 def cancel_path(job_id: str) -> str:
     """The cancel request; workers poll it, so a job can be stopped from any machine."""
-    return f"{layout.job_dir(job_id)}/cancel.json"
+    return layout.job_cancel_path(job_id)
 
 
 def _json_bytes(obj: Any) -> bytes:

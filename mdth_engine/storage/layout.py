@@ -72,6 +72,10 @@ def job_result_path(job_id: str, shard: int, seq: int) -> str:
     return f"{job_results_prefix(job_id)}{shard}-{seq:06d}.parquet"
 
 
+def job_cancel_path(job_id: str) -> str:
+    return f"{job_dir(job_id)}/cancel.json"
+
+
 def job_log_path(job_id: str, shard: int) -> str:
     return f"{job_dir(job_id)}/logs/{shard}.log"
 
