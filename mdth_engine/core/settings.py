@@ -90,3 +90,15 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Settings as configured, with non-None ``overrides`` (command-line options) on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the model so the documentation cannot drift from the code."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        env = f"`MDTH_{name.upper()}`"
+        if name == "tardis_api_key":
+            env += " / `TARDIS_API_KEY`"
+        default = "—" if field.default is None else f"`{field.default}`"
+        lines.append(f"| {env} | {default} | {field.description or ''} |")
+    return "\n".join(lines)

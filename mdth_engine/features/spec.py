@@ -341,3 +341,12 @@ def level_ratios() -> tuple[int, ...]:
     if US_PER_DAY % lengths[-1]:
         raise AssertionError("the longest timeframe does not divide a day")
     return tuple(ratios)
+
+
+def features_markdown() -> str:
+    """The README's feature list, generated from this spec so the two cannot drift apart."""
+    lines = ["| feature | unit | how it aggregates | formula |", "|---|---|---|---|"]
+    for f in FEATURES:
+        formula = f.formula.replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {f.unit} | {f.aggregation} | {formula} |")
+    return "\n".join(lines)
