@@ -773,3 +773,32 @@ def test_a_lone_carriage_return_is_a_bad_line_not_two_rows(tmp_path):
     )
     assert quarantine.read_bytes() == (lines[99] + "\n" + lines[1999] + "\n").encode()
     assert result.rows == 2999 - 2
+
+
+NO_PANDAS_PROBE = r"""
+import gzip, sys
+from pathlib import Path
+from mdth_engine.stages.convert import convert_file
+for name, data_type, exchange, symbol in [
+    ("bitmex_trades_2020-03-01_XBTUSD.head.csv", "trades", "bitmex", "XBTUSD"),
+    ("synthetic_or_edited/nautilus_options_chain_edited.csv", "options_chain", "deribit", "OPTIONS"),
+]:
+    src = Path(sys.argv[1]) / (data_type + ".csv.gz")
+    src.write_bytes(gzip.compress((Path(sys.argv[2]) / name).read_bytes()))
+    convert_file(src, data_type, exchange=exchange, symbol=symbol, sink=lambda g, b: None)
+print("pandas" in sys.modules)
+"""
+
+
+def test_clean_files_do_not_import_pandas(tmp_path):
+    """pa.array/pa.scalar import pandas on first use (~0.2 s); the fast path avoids them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", NO_PANDAS_PROBE, str(tmp_path), str(SAMPLES)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -39,7 +39,9 @@ from mdth_engine.stages.convert_source import (
     Chunk,
     SourceError,
     SourceStats,
+    arrow_buffer,
     read_chunks,
+    string_array,
     threaded,
 )
 
@@ -217,7 +219,7 @@ class _Plan:
         self.domains = {c.lake: c.domain for c in stored if c.domain is not None}
         # one fixed dictionary per domain column, so every batch (and row group) shares it
         self.domain_dictionaries = {
-            name: pa.array(sorted(domain), pa.string()) for name, domain in self.domains.items()
+            name: string_array(sorted(domain)) for name, domain in self.domains.items()
         }
 
     # --- the parse thread ------------------------------------------------------------------------------------
@@ -325,6 +327,12 @@ class _Plan:
 _NO_LINES = np.zeros(0, dtype=np.int64)
 
 
+def _mask(selected: np.ndarray) -> pa.BooleanArray:
+    """A numpy bool mask as an Arrow one (``pa.array`` would import pandas on its first call)."""
+    bits = np.packbits(selected, bitorder="little").tobytes()
+    return pa.Array.from_buffers(pa.bool_(), len(selected), [None, arrow_buffer(bits)])
+
+
 def _recode(array: pa.DictionaryArray, dictionary: pa.Array) -> pa.DictionaryArray:
     """The same values over a fixed dictionary (every value is in it: the domain check came first)."""
     if array.dictionary.equals(dictionary):
@@ -359,7 +367,8 @@ class _OptionResolver:
         """The batch as one batch per underlying (source order kept), with the ``instrument_key`` column."""
         symbols = batch.column("symbol")
         resolved = [self.resolve(s) for s in symbols.dictionary.to_pylist()]
-        keys = pa.array([r[0] if r else None for r in resolved], pa.string())
+        # entries that cannot be keyed only occur unused (their rows were bad): any text will do for them
+        keys = string_array([r[0] if r else "" for r in resolved])
         chains = [r[1] if r else "" for r in resolved]
         instrument_key = pa.DictionaryArray.from_arrays(symbols.indices, keys)
         columns = {name: batch.column(name) for name in batch.schema.names}
@@ -369,10 +378,14 @@ class _OptionResolver:
         if len(names) == 1:
             return [(names[0], full)]
         group_of_entry = np.asarray([names.index(c) for c in chains], dtype=np.int32)
-        group_of_row = group_of_entry[symbols.indices.to_numpy(zero_copy_only=False)]
+        indices = symbols.indices  # never null: a row without a symbol is a bad row
+        codes = np.frombuffer(
+            indices.buffers()[1], dtype=np.int32, count=len(indices), offset=indices.offset * 4
+        )
+        group_of_row = group_of_entry[codes]
         out: list[tuple[str | None, pa.RecordBatch]] = []
         for g in np.unique(group_of_row).tolist():
-            out.append((names[g], full.filter(pa.array(group_of_row == g))))
+            out.append((names[g], full.filter(_mask(group_of_row == g))))
         return out
 
 

@@ -176,6 +176,18 @@ def arrow_buffer(data: bytes) -> pa.Buffer:
     return buffer
 
 
+def string_array(values: list[str]) -> pa.StringArray:
+    """A small string array built without ``pa.array``, whose first call imports pandas (~0.2 s) if present."""
+    encoded = [v.encode() for v in values]
+    offsets = [0]
+    for item in encoded:
+        offsets.append(offsets[-1] + len(item))
+    offset_bytes = b"".join(o.to_bytes(4, "little", signed=True) for o in offsets)
+    return pa.StringArray.from_buffers(
+        len(values), arrow_buffer(offset_bytes), arrow_buffer(b"".join(encoded))
+    )
+
+
 def file_sha256(src: Path) -> tuple[int, str]:
     """Size and SHA-256 of a file, for callers that need them without converting."""
     sha = hashlib.sha256()
