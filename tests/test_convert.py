@@ -494,6 +494,10 @@ def test_no_quarantine_file_without_bad_rows(tmp_path):
     result, _ = run(src, "trades", "binance-futures", "BTCUSDT", on_bad_rows="quarantine")
     assert result.bad_rows == 0 and result.quarantine_path is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.csv.gz"]
+    stale = tmp_path / "src.csv.gz.bad.csv"  # from an earlier, broken download of the same source
+    stale.write_text("old bad line\n")
+    run(src, "trades", "binance-futures", "BTCUSDT", on_bad_rows="quarantine")
+    assert not stale.exists()
 
 
 def test_unknown_option_symbols_and_types_are_bad_rows(tmp_path):

@@ -428,7 +428,8 @@ class _Quarantine:
         self.count += len(lines)
 
     def commit(self) -> Path | None:
-        if self._file is None:
+        if self._file is None:  # no bad rows: a file left by an earlier run of this source is stale
+            self.path.unlink(missing_ok=True)
             return None
         self._file.flush()
         os.fsync(self._file.fileno())
