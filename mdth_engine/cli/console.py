@@ -9,11 +9,16 @@ import typer
 from mdth_engine.cli.common import LakeOpt, settings_for
 
 
-def open_console(ctx: typer.Context, lake: str | None, read_only: bool) -> None:
+def open_console(ctx: typer.Context, lake: str | None, read_only: bool, theme: str | None = None) -> None:
     settings = settings_for(ctx, lake)
     from mdth_console.app import MdthApp
+    from mdth_engine.core.errors import UsageError
 
-    MdthApp(lake=settings.lake, read_only=read_only).run()
+    try:
+        app = MdthApp(lake=settings.lake, read_only=read_only, theme=theme)
+    except ValueError as exc:  # an unknown theme
+        raise UsageError(str(exc)) from None
+    app.run()
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +27,15 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         lake: LakeOpt = None,
         read_only: Annotated[bool, typer.Option("--read-only", help="Hide every mutating action.")] = False,
+        theme: Annotated[
+            str | None,
+            typer.Option(
+                "--theme",
+                envvar="MDTH_CONSOLE_THEME",
+                help="textual-dark (default), ansi-dark / ansi-light (your terminal's colours; fewer bytes "
+                "over SSH), or any Textual theme.",
+            ),
+        ] = None,
     ) -> None:
-        """Open the operations console on the lake."""
-        open_console(ctx, lake, read_only)
+        """Open the operations console on the lake (keys: ? help, : commands, 1-6 screens, q quit)."""
+        open_console(ctx, lake, read_only, theme)

@@ -1,0 +1,1 @@
+"""One module per screen (mode) and per modal."""
