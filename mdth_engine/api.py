@@ -273,3 +273,407 @@ async def ensure_instruments(request: Request, settings: Settings, *, sink: Sink
     sub = dataclasses.replace(request, operation="instruments", start=min(days), end=max(days), options={})
     units = [u for u in get_stage("instruments", stage_context(settings)).plan(sub) if u.day in days]
     return await run_stage(sub, settings, sink=sink, concurrency=4, units=units)
+
+
+# -- the console's facade (appended): launch forms, job detail, lake overview, coverage fixes ------------------
+# Everything here is headless: the console calls these from worker threads, scripts can call them too.
+
+LAUNCH_OPERATIONS = ("pipeline", "instruments", "download", "candles", "validate", "upload")
+PIPELINE_STAGES = ("download", "candles", "validate", "upload")
+_SELECTING = ("pipeline", "download", "candles", "validate")  # operations that take instrument selectors
+
+
+def _items(value: Any) -> list[str]:
+    """A comma text or a list of strings as a clean list (empty -> no filter)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def launch_request(
+    operation: str,
+    start: str | dt.date,
+    end: str | dt.date | None = None,
+    *,
+    venues: Any = (),
+    types: Any = (),
+    data_types: Any = (),
+    symbols: Any = (),
+    bases: Any = (),
+    max_instruments: int | str | None = None,
+    timeframes: Any = (),
+    force: bool = False,
+) -> Request:
+    """The Request a launch form describes, checked like the command line checks it (UsageError, one line).
+
+    ``operation`` "pipeline" keeps that name: it means download, then every later stage, for the same days."""
+    from mdth_engine.core.timeframes import day_range, parse_timeframes
+    from mdth_engine.stages.download import parse_data_types
+    from mdth_engine.stages.instruments import parse_types, parse_venues
+
+    if operation not in LAUNCH_OPERATIONS:
+        raise UsageError(f"unknown operation {operation!r}; use one of: {', '.join(LAUNCH_OPERATIONS)}")
+    if not start:
+        raise UsageError("give a start day (YYYY-MM-DD)")
+    first = parse_day(start, "start")
+    last = parse_day(end, "end") if end else first
+    day_range(first, last)
+    limit = None
+    if max_instruments not in (None, ""):
+        try:
+            limit = int(max_instruments)  # type: ignore[arg-type]
+        except ValueError:
+            raise UsageError(f"max instruments must be a whole number, not {max_instruments!r}") from None
+        if limit < 1:
+            raise UsageError("max instruments must be at least 1")
+    selecting = operation in _SELECTING
+    venue_list = _items(venues) if operation != "upload" else []
+    chosen_tfs = _items(timeframes) if operation in ("candles", "upload") else []
+    return Request(
+        operation,
+        first,
+        last,
+        venues=tuple(parse_venues(venue_list)) if venue_list else (),
+        types=tuple(parse_types(_items(types))) if operation != "upload" else (),
+        data_types=tuple(parse_data_types(_items(data_types)))
+        if operation in ("pipeline", "download", "validate")
+        else (),
+        symbols=tuple(_items(symbols)) if selecting else (),
+        bases=tuple(b.upper() for b in _items(bases)) if selecting else (),
+        max_instruments=limit if selecting else None,
+        timeframes=tuple(parse_timeframes(",".join(chosen_tfs))) if chosen_tfs else (),
+        options={"force": bool(force)} if force else {},
+    )
+
+
+def command_line(
+    request: Request, *, shards: int = 1, backend: str = "local", lake: str | None = None
+) -> str:
+    """The `mdth` command that does what ``request`` asks, as a user would type it (shell-quoted)."""
+    import shlex
+
+    from mdth_engine.stages.download import DEFAULT_DATA_TYPES
+
+    op = request.operation
+    args = ["mdth"] + (["--lake", lake] if lake else []) + [op]
+    if op == "pipeline" and request.start == request.end:
+        args += ["--date", request.start.isoformat()]
+    else:
+        args += ["--start", request.start.isoformat()]
+        if request.end != request.start:
+            args += ["--end", request.end.isoformat()]
+    if request.venues:
+        args += ["--venues", ",".join(request.venues)]
+    if request.types:
+        args += ["--types", ",".join(request.types)]
+    if request.data_types and tuple(request.data_types) != tuple(DEFAULT_DATA_TYPES):
+        args += ["--data-types", ",".join(request.data_types)]
+    if request.symbols:
+        args += ["--symbols", ",".join(request.symbols)]
+    if request.bases:
+        args += ["--bases", ",".join(request.bases)]
+    if request.max_instruments:
+        args += ["--max-instruments", str(request.max_instruments)]
+    if request.timeframes:
+        args += ["--timeframes", ",".join(request.timeframes)]
+    if request.options.get("force"):
+        args.append("--force")
+    if op not in ("pipeline", "instruments") and (shards > 1 or backend != "local"):
+        args += ["--shards", str(shards)]
+        if backend != "local":
+            args += ["--backend", backend]
+    return shlex.join(args)
+
+
+def plan_launch(request: Request, settings: Settings, *, shards: int = 1) -> dict[str, Any]:
+    """What launching ``request`` would do, before anything runs: units, expected bytes, shards, and a note.
+
+    A download (or pipeline) over days without an instrument master cannot be planned yet: the days are listed
+    and the master is built first at launch. A pipeline's later stages are planned when the download is done."""
+    import dataclasses
+
+    from mdth_engine.jobs.sharding import effective_shards
+
+    op = request.operation
+    planned = dataclasses.replace(request, operation="download") if op == "pipeline" else request
+    out: dict[str, Any] = {"operation": op, "days": len(request.days()), "units": None, "est_bytes": None}
+    notes = []
+    missing = missing_master_days(planned, settings) if planned.operation == "download" else []
+    out["missing_master"] = [d.isoformat() for d in missing]
+    if missing:
+        notes.append(f"instrument master missing for {len(missing)} day(s): it is built first, then planned")
+    else:
+        units = plan_stage(planned, settings)
+        out["units"] = len(units)
+        out["est_bytes"] = sum(u.est_bytes for u in units)
+        if not units:
+            notes.append("nothing to run: the plan is empty")
+    if op == "pipeline":
+        notes.append("then candles, validate and upload run as jobs of their own, one after the other")
+    if op == "instruments":
+        out["shards"] = 1
+    else:
+        out["shards"] = effective_shards(shards, out["units"]) if out["units"] else shards
+    out["note"] = "; ".join(notes)
+    return out
+
+
+_DETACHED: list[Any] = []  # processes started detached: polled now and then so they are reaped when done
+
+
+def _spawn_detached(argv: list[str], log_path: Path) -> int:
+    """Start ``argv`` in its own session (it outlives this process and its terminal), output to ``log_path``."""
+    import os
+    import subprocess
+
+    for proc in list(_DETACHED):
+        if proc.poll() is not None:
+            _DETACHED.remove(proc)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    _DETACHED.append(proc)
+    return proc.pid
+
+
+def supervisor_log(job_id: str) -> Path:
+    """Where the detached supervisor of a job launched by ``start_job`` writes (NDJSON events)."""
+    return Path(tempfile.gettempdir()) / "mdth-jobs" / job_id / "supervisor.log"
+
+
+def start_job(
+    request: Request, settings: Settings, *, shards: int = 1, backend: str = "local", supervise: bool = True
+):
+    """Create a job and hand it to a detached supervisor (``mdth jobs watch ID --supervise``) that launches its
+    shards, relaunches dead ones and outlives the caller; returns the JobSpec at once.
+
+    A download over days without an instrument master builds it first (as ``mdth download`` does)."""
+    import asyncio
+
+    from mdth_engine.core.errors import MdthError
+    from mdth_engine.jobs.manage import create_job, launch_job
+    from mdth_engine.storage.store import open_store
+
+    if request.operation == "pipeline":
+        raise UsageError("a pipeline is several jobs: use start_pipeline")
+    if request.operation == "download" and missing_master_days(request, settings):
+        summary = asyncio.run(ensure_instruments(request, settings))
+        if summary is not None and summary.exit_code:
+            reasons = "; ".join(f.reason for f in summary.failures[:3])
+            raise MdthError(f"instrument master could not be built: {reasons}")
+    store = open_store(settings.lake)
+    spec = create_job(store, request, shards=shards, backend=backend, settings=settings)
+    if not supervise:
+        launch_job(store, spec.job_id, settings)
+        return spec
+    spawn_supervisor(spec.job_id, settings.lake)
+    return spec
+
+
+def spawn_supervisor(job_id: str, lake: str) -> int:
+    """A detached ``mdth jobs watch ID --supervise``: launches pending shards, relaunches dead ones, ends with
+    the job, and outlives the caller (its NDJSON events go to ``supervisor_log``); returns its pid."""
+    import sys
+
+    argv = [sys.executable, "-m", "mdth_engine.cli", "jobs", "watch", job_id, "--supervise", "--json"]
+    return _spawn_detached([*argv, "--lake", lake], supervisor_log(job_id))
+
+
+def start_pipeline(request: Request, settings: Settings, *, shards: int = 1, backend: str = "local") -> dict:
+    """Run download, candles, validate and upload for the request's days as successive jobs, in a detached
+    process (it outlives the caller); returns its pid and log path. Each stage's job shows in the job list."""
+    import json
+    import sys
+
+    from mdth_engine.jobs.backends import check_backend
+    from mdth_engine.jobs.spec import new_job_id
+
+    check_backend(backend, settings)
+    if shards < 1:
+        raise UsageError(f"shards must be at least 1, got {shards}")
+    name = new_job_id("pipeline")
+    log = Path(tempfile.gettempdir()) / "mdth-pipelines" / f"{name}.log"
+    code = "import sys; from mdth_engine.api import pipeline_main; sys.exit(pipeline_main(sys.argv[1:]))"
+    body = json.dumps({"request": request.to_dict(), "shards": shards, "backend": backend})
+    pid = _spawn_detached([sys.executable, "-c", code, settings.lake, body], log)
+    return {"name": name, "pid": pid, "log": str(log)}
+
+
+def pipeline_main(argv: list[str]) -> int:
+    """The detached process of ``start_pipeline``: argv = [lake, JSON]; NDJSON events on stdout; 0 or 1."""
+    import asyncio
+    import dataclasses
+    import json
+    import sys
+
+    from mdth_engine.core.errors import MdthError
+    from mdth_engine.jobs.follow import follow_job
+    from mdth_engine.jobs.manage import create_job, launch_job
+    from mdth_engine.storage.store import open_store
+
+    lake, body = argv[0], json.loads(argv[1])
+    settings = load_settings(lake=lake)
+    request = Request.from_dict(body["request"])
+    store = open_store(settings.lake)
+
+    def sink(event: Any) -> None:
+        sys.stdout.write(event.to_json() + "\n")
+        sys.stdout.flush()
+
+    base = dataclasses.replace(request, operation="download")
+    summary = asyncio.run(ensure_instruments(base, settings, sink=sink))
+    if summary is not None and summary.exit_code:
+        return 1
+    worst = 0
+    for operation in PIPELINE_STAGES:
+        step = dataclasses.replace(request, operation=operation)
+        if operation in ("candles", "upload"):
+            step = dataclasses.replace(step, data_types=())
+        try:
+            spec = create_job(store, step, shards=body["shards"], backend=body["backend"], settings=settings)
+            launch_job(store, spec.job_id, settings)
+            status = follow_job(store, spec.job_id, sink, settings=settings)
+        except MdthError as exc:
+            sys.stdout.write(json.dumps({"kind": "error", "stage": operation, "message": str(exc)}) + "\n")
+            worst = max(worst, 1 if "nothing to run" not in str(exc) else 0)
+            continue
+        worst = max(worst, status.exit_code)
+    return worst
+
+
+def recent_jobs(store: Any, limit: int = 50) -> list:
+    """The newest ``limit`` jobs' statuses (newest first); an unreadable job does not hide the others."""
+    from mdth_engine.jobs.status import job_status, list_job_ids
+
+    ids = sorted(list_job_ids(store), key=lambda i: i.split("-", 1)[-1], reverse=True)
+    out = []
+    for job_id in ids[:limit]:
+        try:
+            out.append(job_status(store, job_id))
+        except Exception:
+            continue
+    return out
+
+
+class FailureTracker:
+    """A job's failed units with reasons, read incrementally: each (immutable) result file is read once, and a
+    unit that later succeeded (a retry) leaves the list. Memory is bounded by the failures, not the plan."""
+
+    def __init__(self, store: Any, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.seen: set[str] = set()
+        self.failures: dict[str, dict[str, Any]] = {}
+
+    def update(self) -> list[dict[str, Any]]:
+        """Read the result files written since the last call; the current failures, newest first."""
+        from mdth_engine.jobs import records as rec
+        from mdth_engine.stages.base import FAILED_OUTCOMES
+
+        for path in rec.result_files(self.store, self.job_id):
+            if path in self.seen:
+                continue
+            self.seen.add(path)
+            for row in rec.read_result_file(self.store, path):
+                if row["outcome"] in FAILED_OUTCOMES:
+                    self.failures[row["unit_id"]] = {
+                        k: row.get(k) for k in ("unit_id", "outcome", "reason", "attempt", "finished_at")
+                    }
+                else:
+                    self.failures.pop(row["unit_id"], None)
+        return sorted(self.failures.values(), key=lambda r: str(r.get("finished_at") or ""), reverse=True)
+
+
+def job_log(store: Any, job_id: str, shard: int, tail: int = 200) -> str:
+    """The last ``tail`` lines of a shard worker's log: this machine's copy when it ran here, else the lake's."""
+    from mdth_engine.jobs import records as rec
+    from mdth_engine.jobs.backends import get_backend
+    from mdth_engine.jobs.backends.local import LocalBackend
+
+    spec = rec.load_spec(store, job_id)
+    if not 0 <= shard < spec.shards:
+        raise UsageError(f"job {job_id} has shards 0..{spec.shards - 1}, not {shard}")
+    settings = load_settings(lake=store.url)
+    try:
+        return get_backend(spec.backend, store, settings).logs(spec, shard, tail or None)
+    except UsageError:  # a backend not configured here (gce without a project): the lake's copy
+        return LocalBackend(store, settings).logs(spec, shard, tail or None)
+
+
+def lake_overview(url: str) -> dict[str, Any]:
+    """What a lake holds, from one listing: bytes and files per area, days, venues and instruments with ticks
+    (``tick_keys``), the built instrument-master days, and how many instruments the latest master lists."""
+    from mdth_engine.storage.store import open_store
+
+    store = open_store(url)
+    areas: dict[str, dict[str, int]] = defaultdict(lambda: {"files": 0, "bytes": 0})
+    tick_days: set[dt.date] = set()
+    master_days: set[dt.date] = set()
+    keys: set[str] = set()
+    for info in store.list(""):
+        parts = info.path.split("/")
+        area = areas[parts[0]]
+        area["files"] += 1
+        area["bytes"] += info.size
+        if info.path.startswith(layout.RAW_ROOT + "/"):
+            day = layout.day_of(info.path)
+            if day:
+                tick_days.add(day)
+            keys.add(parts[-1].removesuffix(".parquet"))
+        elif info.path.startswith(layout.INSTRUMENTS_ROOT + "/"):
+            day = layout.day_of(info.path)
+            if day:
+                master_days.add(day)
+    listed = 0
+    if master_days:
+        from mdth_engine.stages.instruments import read_instruments
+
+        table = read_instruments(store, layout.instruments_path(max(master_days)))
+        listed = table.num_rows if table is not None else 0
+    return {
+        "url": store.url,
+        "files": sum(a["files"] for a in areas.values()),
+        "bytes": sum(a["bytes"] for a in areas.values()),
+        "areas": dict(sorted(areas.items())),
+        "tick_days": [d.isoformat() for d in sorted(tick_days)],
+        "master_days": [d.isoformat() for d in sorted(master_days)],
+        "venues": sorted({k.split(":", 1)[0] for k in keys if k.count(":") == 2}),
+        "tick_keys": sorted(k for k in keys if k.count(":") == 2),
+        "instruments_with_ticks": len({k for k in keys if k.count(":") == 2}),
+        "instruments_listed": listed,
+    }
+
+
+def coverage_fix_requests(rows: Any, base: Request | None = None) -> list[Request]:
+    """Download requests for the coverage cells ``rows`` (dicts or a coverage table) that a download would
+    fix: missing, corrupt, failed, refused or never attempted files, files whose content check failed (forced),
+    and days without an instrument master (the whole ``base`` selection of that day)."""
+    from mdth_engine.validation import fix_requests
+    from mdth_engine.validation.fix import FixTarget
+    from mdth_engine.validation.report import EMPTY, ERROR, FIXABLE_CLASSES, PRESENT
+
+    if isinstance(rows, pa.Table):
+        rows = rows.to_pylist()
+    targets = set()
+    for row in rows:
+        day = parse_day(row["day"]) if not isinstance(row["day"], dt.date) else row["day"]
+        cls = row.get("class")
+        if cls == "no_master":
+            targets.add(FixTarget(day, "", ""))
+        elif cls in FIXABLE_CLASSES:
+            targets.add(FixTarget(day, row["instrument_key"], row["data_type"]))
+        elif cls in (PRESENT, EMPTY) and row.get("content") == ERROR:
+            targets.add(FixTarget(day, row["instrument_key"], row["data_type"], True))
+    if not targets:
+        return []
+    days = sorted(t.day for t in targets)
+    base = base or Request("download", days[0], days[-1])
+    return fix_requests(sorted(targets), base)
