@@ -33,6 +33,11 @@ SCAN_THREADS = 4  # files scanned at once within a day (each holds one batch of 
 KLINE_CONCURRENCY = 4
 
 
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _instrument_selective(request: Request) -> bool:
     return bool(
         request.venues or request.types or request.symbols or request.bases or request.max_instruments
@@ -170,25 +175,29 @@ class ValidateStage:
         from mdth_engine.validation.expected import completeness_check
         from mdth_engine.validation.scan import scan_file
 
-        checks = [completeness_check(h, day, facts.get(h.expected.exchange)) for h in holdings]
         readable = [h for h in holdings if h.metadata is not None]
         scannable = [h for h in readable if h.rows and not schema_problem(h)]
-        if "content" not in groups:
-            scannable = [
-                h for h in scannable if h.expected.data_type == "trades"
-            ]  # candle totals need only trades
+        if "content" not in groups:  # candle totals need only the trades
+            scannable = [h for h in scannable if h.expected.data_type == "trades"]
         scans: dict[tuple[str, str], Any] = {}
         if "content" in groups or "candles" in groups:
             d0 = day_start_us(day)
 
             def scan(h: Any) -> Any:
-                return scan_file(self.ctx.store, h.expected.path, h.expected.data_type, d0)
+                try:
+                    return scan_file(self.ctx.store, h.expected.path, h.expected.data_type, d0)
+                except Exception as exc:  # a file whose footer reads but whose pages do not
+                    return exc
 
-            with ThreadPoolExecutor(
-                max(1, min(SCAN_THREADS, len(scannable))), thread_name_prefix="mdth-scan"
-            ) as pool:
+            threads = max(1, min(SCAN_THREADS, len(scannable)))
+            with ThreadPoolExecutor(threads, thread_name_prefix="mdth-scan") as pool:
                 for h, stats in zip(scannable, pool.map(scan, scannable), strict=True):
+                    if isinstance(stats, Exception):
+                        h.cls, h.error = rp.CORRUPT, _line(stats)
+                        continue
                     scans[(h.expected.instrument_key, h.expected.data_type)] = stats
+        checks = [completeness_check(h, day, facts.get(h.expected.exchange)) for h in holdings]
+        readable = [h for h in readable if h.cls != rp.CORRUPT]
         if "content" in groups:
             for h in readable:
                 stats = scans.get((h.expected.instrument_key, h.expected.data_type))
@@ -238,7 +247,14 @@ class ValidateStage:
             keys.add(key)
             has_ticks = any(h.expected.data_type in kinds and h.rows for h in held)
             trades_scan = scans.get((key, "trades"))
-            found, table, inputs = candle_checks(self.ctx, day, key, itype, listings, trades_scan, has_ticks)
+            try:
+                found, table, inputs = candle_checks(
+                    self.ctx, day, key, itype, listings, trades_scan, has_ticks
+                )
+            except Exception as exc:  # e.g. a neighbour day's file that cannot be read
+                detail = f"candles not checked: {_line(exc)}"
+                rows.append(rp.Check(key, rp.CANDLES, "candles", rp.ERROR, rp.PRESENT, detail=detail))
+                continue
             rows += found
             if table is not None:
                 one_minute[key] = (table, inputs)
@@ -280,8 +296,13 @@ class ValidateStage:
                     return rp.Check(
                         key, rp.CANDLES, "cross_source", rp.WARN, rp.PRESENT, detail=f"not compared: {exc}"
                     )
-            edges = await asyncio.to_thread(self._open_edges, day, key, inputs)
-            return compare(key, table, reference, d0, facts.get(row.get("tardis_exchange", "")), edges, where)
+            try:
+                edges = await asyncio.to_thread(self._open_edges, day, key, inputs)
+                facts_of = facts.get(row.get("tardis_exchange", ""))
+                return compare(key, table, reference, d0, facts_of, edges, where)
+            except Exception as exc:
+                detail = f"not compared: {_line(exc)}"
+                return rp.Check(key, rp.CANDLES, "cross_source", rp.ERROR, rp.PRESENT, detail=detail)
 
         results = await asyncio.gather(*(one(k, t, i) for k, (t, i) in sorted(one_minute.items())))
         return [r for r in results if r is not None]

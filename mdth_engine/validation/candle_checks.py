@@ -205,8 +205,12 @@ def candle_checks(
         out.append(rp.Check(key, rp.CANDLES, "candles", rp.ERROR, rp.CORRUPT, detail=detail))
         return out, None, []
     recorded = recorded or []
-    current = CandlesStage(ctx)._inputs(day, key, list(inputs_for(instrument_type)))
-    stale = _describe_change(recorded, current)
+    try:
+        current = CandlesStage(ctx)._inputs(day, key, list(inputs_for(instrument_type)))
+        stale = _describe_change(recorded, current)
+    except Exception as exc:  # a tick file that cannot be read (its own row says so)
+        text = str(exc).strip().splitlines()
+        stale = f"an input cannot be read: {text[0] if text else type(exc).__name__}"
     absent = [tf for tf in TIMEFRAMES if tf not in present]
     if stale:
         detail = f"built from other inputs than the lake holds now ({stale}); rebuild: mdth candles --date {day} --symbols {key}"
