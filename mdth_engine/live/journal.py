@@ -167,6 +167,8 @@ class Journal:
         self.days_seen: set[dt.date] = set()
         self.error: BaseException | None = None
         self._writing = False
+        self.cuts = 0  # chunks handed to the writer
+        self.written = 0  # chunks the writer finished
 
     def add(self, events: list[Any]) -> None:
         buffers = self._buffers
@@ -199,6 +201,7 @@ class Journal:
         self._status = []
         self._buffered = 0
         await self._chunks.put(chunk)
+        self.cuts += 1
 
     async def run(self) -> None:
         """The writer task: writes chunks until ``close()``; a failure is kept and re-raised by ``cut``."""
@@ -209,6 +212,7 @@ class Journal:
             self._writing = True
             try:
                 await asyncio.to_thread(self._write_chunk, chunk)
+                self.written += 1
             except BaseException as exc:  # kept: the feed must stop rather than lose data silently
                 self.error = exc
                 raise
@@ -248,11 +252,6 @@ class Journal:
                 self.days_seen.add(day)
                 self.counters["parts"] += 1
                 self.counters["rows_written"] += part.num_rows
-
-    @property
-    def idle(self) -> bool:
-        """Nothing buffered, queued or being written: every event added so far is in a part file."""
-        return self._buffered == 0 and self._chunks.qsize() == 0 and not self._writing
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "buffered": self._buffered, "pending_chunks": self._chunks.qsize()}

@@ -100,6 +100,7 @@ class LiveFeatureStream:
         self._raised = False
         self._stopping = False
         self._started_at = 0.0
+        self._roll_barrier: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -303,9 +304,16 @@ class LiveFeatureStream:
         finished = [d for d in self.journal.days_seen if d < today]
         if not scan and not finished:
             return
-        if finished and not self.journal.idle:
-            await self.journal.cut()
-            return  # rolled on a later pass, once the writer holds nothing of those days
+        if finished:
+            # Events after the clock passed the day's end (plus a minute) belong to a later day: once the
+            # writer has finished the chunk cut now, every event of the finished days is in a part file.
+            if self._roll_barrier is None:
+                await self.journal.cut()
+                self._roll_barrier = self.journal.cuts
+                return
+            if self.journal.written < self._roll_barrier:
+                return
+        self._roll_barrier = None
         days = await asyncio.to_thread(pending_days, self.store)
         for day in [d for d in days if d < today]:
             results = await asyncio.to_thread(roll_day, self.store, day)

@@ -1,8 +1,8 @@
 """Warm start: the last N candles of each (instrument, timeframe) that the lake holds before the stream begins.
 
 Candle files are one per (day, timeframe, instrument) with a dense grid; days are read newest first (only
-existing files: one stat each) until N bars that end at or before ``before_us`` are found, or the look-back
-window (N bars of the timeframe, plus a day) is exhausted. The bars come back oldest first, ``warm=True``.
+existing files: one stat each; a day file is at most 5,760 bars) until N bars that end at or before
+``before_us`` are found, or the look-back (N bars of the timeframe, plus a day) is exhausted. The bars come back oldest first, ``warm=True``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def last_bars(store: Any, key: str, timeframe: str, before_us: int, count: int =
     tf_us = TIMEFRAMES[timeframe]
     last_day = _UNIX + dt.timedelta(days=(before_us - 1) // US_PER_DAY)
     days_back = (count * tf_us) // US_PER_DAY + 1
-    window = (before_us - count * tf_us - tf_us, before_us - tf_us + 1)  # bucket starts that can qualify
+    window = (-(2**62), before_us - tf_us + 1)  # bucket starts of bars that ended by ``before_us``
     found: list[pa.Table] = []
     rows = 0
     for back in range(days_back + 1):
