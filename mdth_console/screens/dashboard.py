@@ -107,7 +107,7 @@ class DashboardScreen(BaseScreen):
     def on_mount(self) -> None:
         table = self.query_one("#dash-failures", DataTable)
         table.add_column("when (UTC)", key="when", width=11)
-        table.add_column("reason", key="reason", width=34)
+        table.add_column("reason", key="reason", width=max(34, self.app.size.width - 50))
         table.add_column("job / unit", key="what")
         self.poll("lake", self.backend.overview, self.show_lake, 15.0)
         self.poll("jobs", self.fetch_jobs, self.show_jobs, 2.0)

@@ -146,6 +146,9 @@ class InspectorScreen(BaseScreen):
 
     @on(Input.Submitted, "#insp-search")
     def _search_submitted(self) -> None:
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self.run_search()  # what was typed, even if the debounced search has not run yet
         results = self.query_one(OptionList)
         if results.option_count:
             results.highlighted = 0
@@ -247,9 +250,8 @@ class InspectorScreen(BaseScreen):
             return
         report = self.report = out["report"]
         self.data_type = out.get("data_type")
-        head = Text(report["key"], style="bold")
-        head.append(f"  {report['date']}", style="bold cyan")
-        head.append("  [ ] day", style="dim")
+        head = Text(f"{report['date']} ", style="bold cyan")
+        head.append(report["key"], style="bold")
         title.update(head)
         self.show_definition(report["definition"])
         self.show_calendar(report)

@@ -268,10 +268,10 @@ class JobDetailScreen(BaseScreen):
             table.clear()
             for f in failures[:500]:
                 table.add_row(
+                    plain(f.get("reason") or "", "red"),
                     plain(f["unit_id"]),
                     plain(f["outcome"], "red"),
                     plain(str(f.get("attempt") or "")),
-                    plain(f.get("reason") or ""),
                 )
         pane = self.query_one(TabbedContent).get_tab("failures")
         pane.label = f"failed units ({len(failures)})"

@@ -1,0 +1,290 @@
+"""The console driven by keyboard only with Pilot at 80x24 over frozen data: every screen is reachable, the `:`
+command line reaches everything, help and the palette open, read-only hides every mutating action, a too-small
+terminal gets a notice, engine text is never parsed as markup, and a cancel asks first naming the job."""
+
+from __future__ import annotations
+
+import pytest
+from test_console_fixtures import MARKUP, SIZE, FrozenBackend, press_text, settle, wait_for
+
+from mdth_console.app import MdthApp
+from mdth_console.screens.coverage import CoverageScreen
+from mdth_console.screens.dashboard import DashboardScreen
+from mdth_console.screens.inspector import InspectorScreen
+from mdth_console.screens.jobs import JobDetailScreen, JobsScreen
+from mdth_console.screens.launch import LaunchScreen
+from mdth_console.screens.modals import ConfirmScreen, HelpScreen
+from mdth_console.screens.stream import StreamScreen
+from mdth_console.snapshot import screen_text
+
+pytestmark = pytest.mark.timeout(60)
+
+SCREENS = {
+    "1": DashboardScreen,
+    "2": JobsScreen,
+    "3": LaunchScreen,
+    "4": CoverageScreen,
+    "5": InspectorScreen,
+    "6": StreamScreen,
+}
+
+
+def make_app(**kw) -> MdthApp:
+    return MdthApp("/lake/frozen", backend=kw.pop("backend", None) or FrozenBackend(), **kw)
+
+
+async def test_every_screen_is_reachable_by_number_keys_and_back():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, DashboardScreen)
+        for key, screen_type in [*SCREENS.items(), ("1", DashboardScreen)]:
+            await pilot.press(key)
+            await settle(pilot)
+            assert isinstance(app.screen, screen_type), key
+            assert "terminal too small" not in screen_text(app)
+
+
+async def test_command_line_reaches_every_screen_and_the_job_detail():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for command, screen_type in [
+            ("jobs", JobsScreen),
+            ("launch candles --start 2024-03-02 --timeframes 1m,1h", LaunchScreen),
+            ("coverage 2024-03-01 2024-03-03", CoverageScreen),
+            ("inspect DERIBIT:PERPETUAL:BTC-USD", InspectorScreen),
+            ("stream", StreamScreen),
+            ("d", DashboardScreen),
+            ("job download-20240303-090000-cccccc", JobDetailScreen),
+        ]:
+            await pilot.press("colon")
+            if len(command) < 8:
+                await press_text(pilot, command)
+            else:
+                app.screen.query_one("#command-line").value = command  # long ones: typing is tested above
+            await pilot.press("enter")
+            await settle(pilot)
+            assert isinstance(app.screen, screen_type), command
+        # the job detail shows the job's failures with their reasons and the dead shard's error
+        await wait_for(pilot, lambda: "HTTP 500 from the source" in screen_text(app), 5, "failures")
+        assert "dead" in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_launch_command_fills_the_form_and_shows_the_equivalent_command():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await press_text(pilot, "l candles")  # typed; the options are pasted
+        line = app.screen.query_one("#command-line")
+        line.value += " --start 2024-03-02 --end 2024-03-03 --timeframes 1m,1h --shards 2"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "plan: 84 unit(s)" in screen_text(app), 10, "the plan")
+        text = " ".join(screen_text(app).split())  # the command wraps
+        assert (
+            "$ mdth --lake /lake/frozen candles --start 2024-03-02 --end 2024-03-03 --timeframes 1m,1h"
+            in text
+        )
+        assert "--shards 2" in text
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobDetailScreen), 10, "the job detail")
+        request, shards, backend = app.backend.launched[0]
+        assert (request.operation, str(request.start), request.timeframes, shards) == (
+            "candles",
+            "2024-03-02",
+            ("1m", "1h"),
+            2,
+        )
+
+
+async def test_a_bad_form_value_is_a_one_line_error_and_launch_stays_off():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await press_text(pilot, "launch download --start 2024-13-45")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "is not a date" in screen_text(app), 10, "the error")
+        await pilot.press("ctrl+l")
+        await settle(pilot)
+        assert app.backend.launched == []
+
+
+async def test_unknown_command_is_a_hint_not_a_crash():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await press_text(pilot, "jbos")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert any("unknown command :jbos" in str(n.message) for n in app._notifications)
+        assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_help_lists_this_screens_keys_and_every_command():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        help_text = screen_text(app)
+        assert "Cancel" in help_text and "keys here" in help_text
+        app.screen.query_one("#help-body").scroll_end(animate=False)
+        await settle(pilot)
+        assert ":coverage" in screen_text(app) or ":inspect" in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_command_palette_opens_and_runs_a_console_command():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await press_text(pilot, "Go to Coverage")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, CoverageScreen)
+
+
+async def test_filter_narrows_the_jobs_list_and_escape_clears_it():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("slash")
+        await press_text(pilot, "candles|failed")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "candles-20240303-100000-bbbbbb" in text and "download-20240303-090000-cccccc" in text
+        assert "download-20240303-110000-aaaaaa" not in text
+        await pilot.press("escape")
+        await settle(pilot)
+        assert "download-20240303-110000-aaaaaa" in screen_text(app)
+
+
+async def test_cancel_asks_first_naming_the_job_and_no_is_the_default():
+    backend = FrozenBackend()
+    app = make_app(backend=backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        text = screen_text(app)
+        assert "Cancel job download-20240303-110000-aaaaaa?" in text
+        assert "4 shard(s) on local" in text and "pid 4001@console-test" in text
+        await pilot.press("enter")  # the focused default: No
+        await settle(pilot)
+        assert backend.cancelled == []
+        await pilot.press("c")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert backend.cancelled == ["download-20240303-110000-aaaaaa"]
+
+
+async def test_read_only_hides_every_mutating_action():
+    backend = FrozenBackend()
+    app = make_app(backend=backend, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "READ-ONLY" in text and "Cancel" not in text and "Retry" not in text and "Clean up" not in text
+        for key in ("c", "r", "x"):
+            await pilot.press(key)
+            await settle(pilot)
+            assert isinstance(app.screen, JobsScreen), key
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, JobDetailScreen)
+        assert "Retry" not in screen_text(app) and "Cancel" not in screen_text(app)
+        await pilot.press("colon")
+        app.screen.query_one("#command-line").value = "cancel download-20240303-110000-aaaaaa"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert any("read-only" in str(n.message) for n in app._notifications)
+        await pilot.press("escape")
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "plan:" in screen_text(app), 10, "the plan")
+        text = screen_text(app)
+        assert "launching is off" in text and "Launch  ctrl+l" not in text and "^l" not in text
+        await pilot.press("ctrl+l")
+        await pilot.press("4")
+        await settle(pilot)
+        assert "Fix" not in screen_text(app)
+        await pilot.press("f")
+        await pilot.press("F")
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert backend.launched == [] and backend.cancelled == []
+
+
+async def test_a_too_small_terminal_gets_a_notice_until_it_grows():
+    app = make_app()
+    async with app.run_test(size=(60, 18)) as pilot:
+        await settle(pilot)
+        text = screen_text(app)
+        assert "terminal too small: 60x18" in text and "at least 70x20" in text
+        assert "Dashboard" not in text
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        text = screen_text(app)
+        assert "terminal too small" not in text and "Dashboard" in text
+
+
+async def test_engine_text_with_markup_is_shown_as_written():
+    app = make_app(backend=FrozenBackend(markup=MARKUP))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        assert MARKUP in screen_text(app)  # a shard error and a failure reason on the dashboard
+        await pilot.press("colon")
+        app.screen.query_one("#command-line").value = "job download-20240303-090000-cccccc"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: f"HTTP 500 from the source {MARKUP}" in screen_text(app), 5, "reason")
+        await pilot.press("l")
+        await wait_for(pilot, lambda: f"shard 0 line 0 {MARKUP}" in screen_text(app), 5, "the log")
+        await pilot.press("colon")
+        app.screen.query_one("#command-line").value = "job no-such-job"
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: any(MARKUP in str(n.message) for n in app._notifications), 5, "the error toast"
+        )
+        await pilot.press("5")
+        await pilot.press("slash")
+        await press_text(pilot, "option")
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: "2024-03-03 DERIBIT:OPTION:BTC-USD-240628-60000-CALL" in screen_text(app), 5, "key"
+        )
+        assert f"BTCUSD24062860000CALL{MARKUP}" in screen_text(app)
+
+
+async def test_pause_stops_refreshing_and_shows_a_badge():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("p")
+        await settle(pilot)
+        assert "PAUSED" in screen_text(app)
+        assert app.paused
+        await pilot.press("p")
+        await settle(pilot)
+        assert "PAUSED" not in screen_text(app)
