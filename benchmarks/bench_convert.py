@@ -137,7 +137,7 @@ def run_contender(name: str, data_type: str, src: Path, out: Path) -> dict:
     if name in ("mdth", "mdth-tuned"):
         from mdth_engine.core.schemas import SCHEMAS
         from mdth_engine.stages.convert import convert_file
-        from mdth_engine.stages.download import ROW_GROUP_ROWS
+        from mdth_engine.stages.download import ROW_GROUP_ROWS, tick_write_options
         from mdth_engine.storage.local import LocalStore
         from mdth_engine.storage.parquet import ParquetPublisher
     elif name == "pandas":
@@ -152,9 +152,8 @@ def run_contender(name: str, data_type: str, src: Path, out: Path) -> dict:
     if name == "mdth":
         store = LocalStore(out.parent)
         provenance = {"data_type": data_type, "instrument_key": "BINANCE-FUTURES:PERPETUAL:BTC-USDT"}
-        with ParquetPublisher(
-            store, out.name, SCHEMAS[data_type], provenance, row_group_size=ROW_GROUP_ROWS
-        ) as pub:
+        schema = SCHEMAS[data_type]
+        with ParquetPublisher(store, out.name, schema, provenance, **tick_write_options(schema)) as pub:
             result = convert_file(
                 src,
                 data_type,
