@@ -277,12 +277,17 @@ class LiveFeatureStream:
     async def _run_timer(self) -> None:
         """Close bars on the clock: wake at each bucket end plus the grace, whether ticks came or not."""
         assert self.source is not None and self.engine is not None
-        clock, engine = self.source.clock, self.engine
+        source, clock, engine = self.source, self.source.clock, self.engine
         while True:
             await clock.sleep_until(engine.next_due_us)
-            engine.close_due(clock.now_us())
+            now = clock.now_us()
+            position = source.position_us()
+            behind = position is not None and position < now
+            closed = engine.close_due(position if behind else now)
             if engine.output:
                 await self._publish()
+            if behind and not closed:
+                await asyncio.sleep(0.002)  # a paced replay behind its clock: wait for it, not for the clock
 
     async def _run_housekeeping(self) -> None:
         """Cut the journal on time when events are sparse, and roll finished days into by_date."""

@@ -46,6 +46,13 @@ class Source:
     def batches(self) -> AsyncIterator[Batch]:
         raise NotImplementedError
 
+    def position_us(self) -> int | None:
+        """Clock time up to which every event has been handed over; None: up to the clock's now (live feeds).
+
+        A paced replay can fall behind its clock (a busy machine); bars then close on its position, not on the
+        clock, so no event is ever late in a replay."""
+        return None
+
     async def aclose(self) -> None:
         """Stop: close connections, end ``batches()``."""
 

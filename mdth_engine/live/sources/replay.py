@@ -102,6 +102,7 @@ class ReplaySource(Source):
                 f"{store.url} (download it first: mdth download --symbols {missing[0]} --start {self.days[0]})"
             )
         self._stop = False
+        self._position = start - 1
         self.counters = {"events": 0, "days": 0}
 
     @property
@@ -132,12 +133,15 @@ class ReplaySource(Source):
     async def aclose(self) -> None:
         self._stop = True
 
+    def position_us(self) -> int | None:
+        return self._position
+
     # -- events -----------------------------------------------------------------------------------------
 
     async def batches(self) -> AsyncIterator[Batch]:
         for day in self.days:
             feeds = await asyncio.to_thread(self._load_day, day)
-            async for batch in self._emit(feeds):
+            async for batch in self._emit(feeds, day_start_us(day) + US_PER_DAY):
                 yield batch
                 if self._stop:
                     return
@@ -157,8 +161,9 @@ class ReplaySource(Source):
                     feeds.append(_Feed(key, kind, table))
         return feeds
 
-    async def _emit(self, feeds: list[_Feed]) -> AsyncIterator[Batch]:
+    async def _emit(self, feeds: list[_Feed], day_end: int) -> AsyncIterator[Batch]:
         if not feeds:
+            self._position = day_end - 1
             return
         locals_, kinds, rows = [], [], []
         for index, feed in enumerate(feeds):
@@ -182,6 +187,8 @@ class ReplaySource(Source):
                 j = max(j, i + 1)
             events = _build(feeds, kind[i:j], row[i:j])
             self.counters["events"] += len(events)
+            # Set before the yield: the engine applies the batch before any other task runs.
+            self._position = int(local[j]) - 1 if j < n else day_end - 1
             yield Batch(events, time.perf_counter_ns())
             i = j
             if self._stop:
