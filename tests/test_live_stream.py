@@ -253,6 +253,28 @@ async def test_the_loopback_server_wants_the_token_and_sends_what_the_stream_sen
     assert counters["refused"] == 2
 
 
+async def test_a_slow_server_client_loses_its_oldest_items_and_is_told_how_many():
+    from mdth_engine.live.serve import FeatureServer
+
+    bus = Bus()
+    server = await FeatureServer(
+        bus, list, lambda: {"instruments": []}, token="t" * 32, client_queue=2
+    ).start()
+    try:
+        client = connect(server.url, "t" * 32)
+        assert (await anext(client))["kind"] == "hello"
+        while not any(q.name == "serve-client" for q in bus.queues):
+            await asyncio.sleep(0.01)
+        for i in range(10):  # faster than the client is served: its queue keeps the newest two
+            await bus.publish(Notice("tick", i, str(i)))
+        got = [await anext(client) for _ in range(3)]
+        await client.aclose()
+    finally:
+        await server.stop()
+    assert got[0] == {"kind": "event", "event": "dropped", "count": 8}
+    assert [m["message"] for m in got[1:]] == ["8", "9"]
+
+
 def test_the_server_binds_loopback_only():
     with pytest.raises(UsageError, match="loopback"):
         from mdth_engine.live.serve import FeatureServer

@@ -376,7 +376,8 @@ class _TtyView:
         self.last: dict[tuple[str, str], dict[str, Any]] = {}
         self.notes: list[str] = []
         self.started = time.monotonic()
-        self.live = Live(self._render(), console=Console(), refresh_per_second=4, transient=False)
+        self.console = Console()
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
     def update(self, item: Any) -> None:
@@ -396,40 +397,39 @@ class _TtyView:
         from rich.table import Table
         from rich.text import Text
 
+        wide = self.console.width >= 130  # open/high/low only where they fit
+        columns = [
+            ("instrument", "instrument_key"),
+            ("tf", "timeframe"),
+            ("bar", "timestamp"),
+            *([("open", "open"), ("high", "high"), ("low", "low")] if wide else []),
+            ("close", "close"),
+            ("volume", "volume"),
+            ("trades", "trade_count"),
+            ("vwap", "price_vwap"),
+            ("spread bps", "spread_bps"),
+            ("flags", ""),
+        ]
         table = Table(header_style="bold", show_edge=False, pad_edge=False)
-        for name in (
-            "instrument",
-            "tf",
-            "bar",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "trades",
-            "vwap",
-            "spread bps",
-            "flags",
-        ):
-            table.add_column(
-                name, justify="left" if name in ("instrument", "tf", "bar", "flags") else "right"
-            )
-        for (key, tf), d in sorted(self.last.items()):
+        for title, name in columns:
+            left = name in ("instrument_key", "timeframe", "timestamp", "")
+            width = {"timeframe": 3, "timestamp": 8, "instrument_key": 12}.get(name, 7)
+            table.add_column(title, justify="left" if left else "right", no_wrap=True, min_width=width)
+        for _, d in sorted(self.last.items()):
             flags = ",".join(n for n in ("warm", "partial", "spans_disconnect") if d.get(n))
-            table.add_row(
-                Text(key),
-                tf,
-                d["timestamp"][11:19],
-                _num(d["open"]),
-                _num(d["high"]),
-                _num(d["low"]),
-                _num(d["close"]),
-                _num(d["volume"]),
-                str(d["trade_count"]),
-                _num(d["price_vwap"]),
-                _num(d["spread_bps"]),
-                Text(flags, style="yellow" if flags else ""),
-            )
+            cells: list[Any] = []
+            for _, name in columns:
+                if name == "timestamp":
+                    cells.append(d["timestamp"][11:19])
+                elif name == "":
+                    cells.append(Text(flags, style="yellow" if flags else ""))
+                elif name in ("instrument_key", "timeframe"):
+                    cells.append(Text(d[name]))
+                elif name == "trade_count":
+                    cells.append(str(d[name]))
+                else:
+                    cells.append(_num(d[name]))
+            table.add_row(*cells)
         s = _summary(self.stream.stats())
         elapsed = max(time.monotonic() - self.started, 1e-9)
         status = Text(
