@@ -299,13 +299,47 @@ class ValidateStage:
             try:
                 edges = await asyncio.to_thread(self._open_edges, day, key, inputs)
                 facts_of = facts.get(row.get("tardis_exchange", ""))
-                return compare(key, table, reference, d0, facts_of, edges, where)
+
+                def ties(minutes: Any) -> Any:
+                    return self._tie_prices(inputs, minutes)
+
+                return await asyncio.to_thread(
+                    compare, key, table, reference, d0, facts_of, edges, where, ties
+                )
             except Exception as exc:
                 detail = f"not compared: {_line(exc)}"
                 return rp.Check(key, rp.CANDLES, "cross_source", rp.ERROR, rp.PRESENT, detail=detail)
 
         results = await asyncio.gather(*(one(k, t, i) for k, (t, i) in sorted(one_minute.items())))
         return [r for r in results if r is not None]
+
+    def _tie_prices(self, inputs: list[dict[str, Any]], minutes: Any) -> dict[int, tuple[Any, Any]]:
+        """Per minute start: prices of the trades at its first and at its last exchange timestamp (ranged reads
+        of those minutes only, from the trades files the candles were built from)."""
+        import numpy as np
+
+        from mdth_engine.reader.scan import read_windows
+
+        windows = [(int(m), int(m) + 60_000_000) for m in minutes]
+        parts: list[list[Any]] = [[] for _ in windows]
+        for item in inputs:
+            if item.get("data_type") != "trades":
+                continue
+            tables = read_windows(self.ctx.store, item["path"], windows, columns=["timestamp", "price"])
+            for i, table in enumerate(tables):
+                parts[i].append(table)
+        out = {}
+        for (start, _), pieces in zip(windows, parts, strict=True):
+            if not pieces:
+                continue
+            table = pa.concat_tables(pieces)
+            ts = table["timestamp"].cast(pa.int64()).to_numpy()
+            price = table["price"].cast(pa.float64()).fill_null(float("nan")).to_numpy()
+            keep = ~np.isnan(price)
+            ts, price = ts[keep], price[keep]
+            if ts.size:
+                out[start] = (price[ts == ts.min()], price[ts == ts.max()])
+        return out
 
     def _open_edges(self, day: dt.date, key: str, inputs: list[dict[str, Any]]) -> tuple[bool, bool]:
         """Whether the day's first/last minute may lack trades because the neighbour day is not in the lake."""

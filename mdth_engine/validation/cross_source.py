@@ -6,7 +6,9 @@ https://api.binance.com) and ``options["binance_futures_rest_url"]`` / ``MDTH_BI
 (default https://fapi.binance.com, or the spot URL when only that one is configured, as for the simulator).
 
 Tolerances per minute: trade count exact; volume within a relative 1e-6 or 1e-8 absolute (klines print 8
-decimals); open/high/low/close within a relative 1e-7 (only when both sides traded). A minute that differs
+decimals); open/high/low/close within a relative 1e-7 (only when both sides traded); an open or close that
+differs counts as equal when it is the price of another trade at the same first/last exchange timestamp
+(trades stamped at the same instant have no order by time: ours follow arrival, the exchange's trade id). A minute that differs
 inside a source incident window (widened by a minute each side), or at the day's edge when the
 neighbour day's ticks are not in the lake, is explained: a warning. Any other difference is an error. An
 unreachable or refusing source is a warning, never an error.
@@ -19,6 +21,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -150,6 +153,33 @@ def explained_minutes(
     return out
 
 
+TiePrices = Callable[[np.ndarray], dict[int, tuple[np.ndarray, np.ndarray]]]
+
+
+def _resolve_ties(
+    kt: np.ndarray,
+    ref: dict[str, np.ndarray],
+    diff_open: np.ndarray,
+    diff_close: np.ndarray,
+    candidates: np.ndarray,
+    tie_prices: TiePrices,
+) -> np.ndarray:
+    """Minutes whose open/close differ only because several trades share the first/last instant."""
+    index = np.nonzero(candidates)[0]
+    prices = tie_prices(kt[index])
+    resolved = np.zeros(kt.size, dtype=bool)
+    for i in index:  # one iteration per differing minute, never per trade
+        firsts, lasts = prices.get(int(kt[i]), (np.empty(0), np.empty(0)))
+        open_ok = not diff_open[i] or bool(
+            np.isclose(firsts, ref["open"][i], rtol=PRICE_RTOL, atol=0.0).any()
+        )
+        close_ok = not diff_close[i] or bool(
+            np.isclose(lasts, ref["close"][i], rtol=PRICE_RTOL, atol=0.0).any()
+        )
+        resolved[i] = open_ok and close_ok
+    return resolved
+
+
 def compare(
     key: str,
     one_minute: pa.Table,
@@ -158,8 +188,13 @@ def compare(
     facts: SourceFacts | None,
     edges: tuple[bool, bool],
     where: str,
+    tie_prices: TiePrices | None = None,
 ) -> rp.Check:
-    """Minute by minute, within the stated tolerances; the first unexplained difference in words."""
+    """Minute by minute, within the stated tolerances; the first unexplained difference in words.
+
+    ``tie_prices(minute starts)`` gives, per minute, the prices of the trades at its first and last exchange
+    timestamp: an open or close that is one of them is equal (simultaneous trades have no order by time).
+    """
     ts = _col(one_minute, "timestamp")
     kt = klines["ts"]
     rows = np.clip(np.searchsorted(ts, kt), 0, max(ts.size - 1, 0))
@@ -176,14 +211,22 @@ def compare(
     diff_count = count != ref["count"]
     diff_volume = ~np.isclose(ours["volume"], ref["volume"], rtol=VOLUME_RTOL, atol=VOLUME_ATOL)
     traded = (count > 0) & (ref["count"] > 0)
-    diff_price = np.zeros(kt.size, dtype=bool)
-    for name in ("open", "high", "low", "close"):
-        diff_price |= traded & ~np.isclose(ours[name], ref[name], rtol=PRICE_RTOL, atol=0.0)
-    differs = diff_count | diff_volume | diff_price
+    diff = {
+        name: traded & ~np.isclose(ours[name], ref[name], rtol=PRICE_RTOL, atol=0.0)
+        for name in ("open", "high", "low", "close")
+    }
+    differs = diff_count | diff_volume | diff["open"] | diff["high"] | diff["low"] | diff["close"]
+    only_ends = differs & ~(diff_count | diff_volume | diff["high"] | diff["low"])
+    ties = 0
+    if only_ends.any() and tie_prices is not None:
+        resolved = _resolve_ties(kt, ref, diff["open"], diff["close"], only_ends, tie_prices)
+        ties = int(resolved.sum())
+        differs &= ~resolved
     explained = explained_minutes(kt, day_start_us, facts, edges)
     unexplained = differs & ~explained
     n_diff, n_bad = int(differs.sum()), int(unexplained.sum())
     if not n_diff:
+        tied = f" ({ties} with simultaneous trades at the open or close instant)" if ties else ""
         return rp.Check(
             key,
             rp.CANDLES,
@@ -191,7 +234,7 @@ def compare(
             rp.OK,
             rp.PRESENT,
             value=0.0,
-            detail=f"{kt.size} minutes equal to {where} klines",
+            detail=f"{kt.size} minutes equal to {where} klines{tied}",
         )
     i = int(np.nonzero(unexplained if n_bad else differs)[0][0])
     first = (
