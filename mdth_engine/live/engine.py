@@ -12,6 +12,8 @@ candles); this module adds what a live stream needs around it:
 - Flags: a bar spans a disconnect when the source was down at any time in it; it is partial when the stream
   started (or the instrument was first seen) after the bar began.
 - History: the last ``history`` bars of each (instrument, timeframe), warm-started from the lake.
+- A live start inside a UTC day skips the day so far (nothing was watched): the bars under way are partial,
+  and ``oi_change`` stays NaN until open interest has been seen twice (batch carries it from the day's start).
 - Latency: for every event, the time from its arrival (``Batch.received_ns``) to the bar state holding it.
 """
 

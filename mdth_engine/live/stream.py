@@ -42,8 +42,10 @@ class LiveFeatureStream:
     ``source``: a source name (``binance:BTCUSDT``, ``replay:KEY@DAY``, ``sim:BTCUSDT``,
     ``tardis-machine://...``; see ``mdth_engine.live.sources.spec``) or a ``Source``. ``lake``: where replays
     and warm start read and the journal writes (default: settings). ``persist``: journal raw events to the
-    lake and closed bars to ``warehouse`` (default: the configured warehouse). ``serve``: also serve the
-    stream on a loopback WebSocket (``server_url``, bearer ``token``). ``events``: iterate notices too.
+    lake (not for a replay: its events are in the lake already) and closed bars to ``warehouse`` (default:
+    the configured warehouse). ``serve``: also serve the stream on a loopback WebSocket (``server_url``,
+    bearer ``token``). ``events``: iterate notices too. ``grace_seconds``: how long after its end a bar
+    waits for late events (default: the source's: 2 s live, 5 s of replay time).
     """
 
     def __init__(
@@ -105,7 +107,11 @@ class LiveFeatureStream:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> LiveFeatureStream:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # nothing half-started stays behind
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -199,6 +205,8 @@ class LiveFeatureStream:
     async def aclose(self) -> None:
         """Stop the source, write what the journal holds, stop the tasks and the server."""
         self._stopping = True
+        if self._queue is not None:
+            self._queue.close()  # the consumer has left: never block the engine on it again
         if self.source is not None:
             await self.source.aclose()
         if self._ingest is not None:

@@ -34,7 +34,7 @@ REPLAY_TYPES = ("trades", "liquidations", "derivative_ticker", "book_snapshot_5"
 # A full-speed replay closes a bar once event time is this far past its end: longer than any arrival delay
 # in the lake, so no event is late and the bars equal the batch candles.
 REPLAY_GRACE_US = 5 * US_PER_SECOND
-CHUNK = 512  # events per batch handed to the engine
+CHUNK = 128  # events per batch handed to the engine (a batch's last event waits for the rest: latency)
 _WHOLE = (-(2**62), 2**62)
 _BOOK_LEVELS = range(1, 6)
 _SIDES = ("unknown", "buy", "sell")
