@@ -426,3 +426,50 @@ def test_expected_comes_from_the_download_plan(local_store):
         [(SPOT, "trades"), (SPOT, "book_snapshot_5")]
         + [(PERP, t) for t in ("trades", "book_snapshot_5", "derivative_ticker", "liquidations")]
     )
+
+
+# --- the stage on hand-made lakes (a local folder and the GCS emulator) ----------------------------------------
+
+
+def run_validate(lake_url: str, request: Request):
+    import asyncio
+
+    from mdth_engine.api import run_stage
+    from mdth_engine.core.settings import load_settings
+
+    # An address nothing listens on: the source's incident reports are simply not there.
+    settings = load_settings(lake=lake_url, tardis_api_url="http://127.0.0.1:9/v1")
+    return asyncio.run(run_stage(request, settings, concurrency=1))
+
+
+def test_a_day_without_instrument_master_is_an_error_with_the_command_to_run(tmp_path):
+    from mdth_engine.storage.store import open_store
+
+    summary = run_validate(str(tmp_path), Request("validate", DAY, DAY))
+    assert summary.exit_code == 1 and summary.outcomes == {"failed": 1}
+    table = rp.read_report(open_store(str(tmp_path)), DAY)
+    assert table is not None and table.num_rows == 1
+    only = table.to_pylist()[0]
+    assert (only["check"], only["status"], only["class"]) == ("instrument_master", "error", "never_attempted")
+    assert "mdth instruments --start 2024-01-01" in only["detail"]
+
+
+def test_validation_on_gcs_finds_a_duplicated_trade(gcs_store, gcs_bucket):
+    from lake_builders import PERP
+
+    write_master(gcs_store, DAY, [SPOT, PERP])
+    write_ticks(gcs_store, DAY, "trades", SPOT, arrival_trades(DAY, 2000, seed=8))
+    trades = arrival_trades(DAY, 2000, seed=9)
+    write_ticks(gcs_store, DAY, "trades", PERP, trades.take(pa.array(np.sort(np.r_[np.arange(2000), 1234]))))
+    request = Request(
+        "validate", DAY, DAY, data_types=("trades",), options={"checks": ["completeness", "content"]}
+    )
+    summary = run_validate(f"gs://{gcs_bucket}/lake", request)
+    assert summary.outcomes == {"failed": 1}
+    table = rp.read_report(gcs_store, DAY)
+    errors = [
+        (r["instrument_key"], r["check"], r["issues"]) for r in table.to_pylist() if r["status"] == "error"
+    ]
+    assert errors == [(PERP, "duplicate_ids", 1)]
+    summary_json = rp.read_summary(gcs_store, DAY)
+    assert summary_json["classes"]["present"] == 2 and summary_json["counts"]["error"] == 1

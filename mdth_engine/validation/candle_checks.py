@@ -175,7 +175,7 @@ def candle_checks(
     present = [tf for tf in TIMEFRAMES if key in listings.get(tf, {})]
     if not present:
         if has_ticks:
-            detail = f"no candles for this day; build them: mdth candles --date {day} --symbols {key}"
+            detail = f"no candles for this day; build them: mdth candles --start {day} --symbols {key}"
             return (
                 [rp.Check(key, rp.CANDLES, "candles", rp.WARN, rp.NEVER_ATTEMPTED, detail=detail)],
                 None,
@@ -200,7 +200,7 @@ def candle_checks(
     out: list[rp.Check] = []
     if unreadable:
         detail = (
-            f"unreadable candle files ({'; '.join(unreadable)}); rebuild: mdth candles --date {day} --force"
+            f"unreadable candle files ({'; '.join(unreadable)}); rebuild: mdth candles --start {day} --force"
         )
         out.append(rp.Check(key, rp.CANDLES, "candles", rp.ERROR, rp.CORRUPT, detail=detail))
         return out, None, []
@@ -213,7 +213,7 @@ def candle_checks(
         stale = f"an input cannot be read: {text[0] if text else type(exc).__name__}"
     absent = [tf for tf in TIMEFRAMES if tf not in present]
     if stale:
-        detail = f"built from other inputs than the lake holds now ({stale}); rebuild: mdth candles --date {day} --symbols {key}"
+        detail = f"built from other inputs than the lake holds now ({stale}); rebuild: mdth candles --start {day} --symbols {key}"
         out.append(_row(key, "candles", rp.WARN, detail))
     else:
         detail = f"{len(present)} timeframes" + (f" (not built: {', '.join(absent)})" if absent else "")
@@ -278,7 +278,7 @@ def _totals_check(
         elif not np.isclose(got_volume, volume, rtol=VOLUME_RTOL, atol=1e-12):
             bad.append(f"{tf}: volume {got_volume!r}, the ticks {volume!r}")
     if bad:
-        detail = "; ".join(bad[:3]) + f"; rebuild: mdth candles --date {day} --symbols {key} --force"
+        detail = "; ".join(bad[:3]) + f"; rebuild: mdth candles --start {day} --symbols {key} --force"
         return _row(key, "candle_totals", rp.ERROR, detail, issues=len(bad))
     return _row(key, "candle_totals", rp.OK, f"{count:,} trades, volume {volume:.10g} in every timeframe")
 

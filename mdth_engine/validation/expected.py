@@ -206,7 +206,7 @@ def completeness_check(holding: Holding, day: dt.date, facts: SourceFacts | None
             detail = f"not exported by the source yet (exported until {horizon:%Y-%m-%d %H:%M} UTC)"
         else:
             detail = (
-                f"no file and no recorded attempt; download it: mdth download --date {day} "
+                f"no file and no recorded attempt; download it: mdth download --start {day} "
                 f"--symbols {e.instrument_key} --data-types {e.data_type} (or mdth validate --fix)"
             )
     return rp.Check(
