@@ -153,7 +153,9 @@ def run_contender(name: str, data_type: str, src: Path, out: Path) -> dict:
         store = LocalStore(out.parent)
         provenance = {"data_type": data_type, "instrument_key": "BINANCE-FUTURES:PERPETUAL:BTC-USDT"}
         schema = SCHEMAS[data_type]
-        with ParquetPublisher(store, out.name, schema, provenance, **tick_write_options(schema)) as pub:
+        with ParquetPublisher(
+            store, out.name, schema, provenance, **tick_write_options(data_type, schema)
+        ) as pub:
             result = convert_file(
                 src,
                 data_type,

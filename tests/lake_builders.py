@@ -129,9 +129,10 @@ def write_ticks(
     from mdth_engine.stages.download import tick_write_options
 
     schema = schema_for(data_type)
-    options = tick_write_options(schema)
+    options = tick_write_options(data_type, schema)
     options["row_group_size"] = row_group_size or options["row_group_size"]
-    options["max_rows_per_page"] = page_rows or options["max_rows_per_page"]
+    if page_rows:
+        options["max_rows_per_page"] = page_rows
     write_table(store, path, table, provenance, schema=schema, **options)
     return path
 

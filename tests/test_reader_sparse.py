@@ -2,7 +2,7 @@
 full-scale day of trades fetch under 5% of the file's bytes, and return exactly the rows of a full read.
 
 The day is ~2M trades (the simulator's full-scale BTCUSDT day), minute activity lognormal like a real market,
-written with the download stage's tick layout (``stages.download.tick_write_options``: 64k-row row groups,
+written with the download stage's trades layout (``stages.download.tick_write_options``: 64k-row row groups,
 1024-row pages with a page index, delta-encoded timestamps).
 """
 

@@ -28,20 +28,25 @@ from mdth_engine.storage import layout
 # What `mdth download` fetches when --data-types is not given (the full depth feeds are opt-in: they are large).
 DEFAULT_DATA_TYPES = ("trades", "book_snapshot_5", "derivative_ticker", "liquidations", "options_chain")
 ROW_GROUP_ROWS = 64 * 1024
-PAGE_ROWS = 1024  # with the page index, a sparse read of a few minutes of a busy day fetches ~4% of the file
+PAGE_ROWS = 1024  # with the page index, a sparse read of a few minutes of a busy trades day fetches ~4% of it
+# Event data is read in time windows (sparse reads, next-day pickup); state data is read whole by the candles.
+WINDOWED_DATA_TYPES = frozenset({"trades", "liquidations"})
+TRUNCATED_RETRIES = 3  # a cut-off gzip is fetched again this many times
 
 
-def tick_write_options(schema: pa.Schema) -> dict[str, Any]:
-    """How tick files are laid out for ranged reads: small pages, and encodings that keep each page self-contained."""
-    delta = {f.name: "DELTA_BINARY_PACKED" for f in schema if pa.types.is_timestamp(f.type)}
-    delta |= {f.name: "DELTA_BYTE_ARRAY" for f in schema if pa.types.is_string(f.type)}  # trade ids
-    # Byte-stream-split floats: page-local (no dictionary page to fetch on a ranged read), and zstd compresses
-    # the split bytes of prices and sizes far better than plain doubles.
-    delta |= {f.name: "BYTE_STREAM_SPLIT" for f in schema if pa.types.is_floating(f.type)}
-    return {"row_group_size": ROW_GROUP_ROWS, "max_rows_per_page": PAGE_ROWS, "column_encoding": delta}
-
-
-TRUNCATED_RETRIES = 3
+def tick_write_options(data_type: str, schema: pa.Schema) -> dict[str, Any]:
+    """The Parquet layout of a tick file: self-contained small pages for windowed reads of event data,
+    dictionary pages (smaller files, less zstd work) for state data such as order books."""
+    encodings = {f.name: "DELTA_BINARY_PACKED" for f in schema if pa.types.is_timestamp(f.type)}
+    encodings |= {f.name: "DELTA_BYTE_ARRAY" for f in schema if pa.types.is_string(f.type)}
+    if data_type in WINDOWED_DATA_TYPES:
+        return {
+            "row_group_size": ROW_GROUP_ROWS,
+            "max_rows_per_page": PAGE_ROWS,
+            "column_encoding": encodings,
+        }
+    dictionary = [f.name for f in schema if f.name not in encodings]
+    return {"row_group_size": ROW_GROUP_ROWS, "column_encoding": encodings, "use_dictionary": dictionary}
 
 
 def parse_data_types(items: tuple[str, ...] | list[str]) -> list[str]:
@@ -227,7 +232,7 @@ class DownloadStage:
                             outputs[key],
                             schema,
                             {"data_type": data_type, "instrument_key": key, "source_url": url},
-                            **tick_write_options(schema),
+                            **tick_write_options(data_type, schema),
                         )
                     )
                 return publishers[key]

@@ -129,10 +129,12 @@ class ParquetPublisher:
         spool_dir: Path | None = None,
         max_rows_per_page: int | None = None,
         column_encoding: dict[str, str] | None = None,
+        use_dictionary: list[str] | None = None,
     ) -> None:
         self.store = store
         self.max_rows_per_page = max_rows_per_page
         self.column_encoding = column_encoding
+        self.use_dictionary = use_dictionary
         self.path = path
         self.schema = schema
         self.row_group_size = row_group_size or default_row_group_size(schema)
@@ -166,7 +168,7 @@ class ParquetPublisher:
                 str(self._staged.local_path),
                 self.schema,
                 compression="zstd",
-                use_dictionary=self._dictionary_columns or False,
+                use_dictionary=self.use_dictionary or self._dictionary_columns or False,
                 write_statistics=True,
                 write_page_index=True,
                 store_schema=True,
