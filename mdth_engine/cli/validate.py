@@ -28,7 +28,6 @@ from mdth_engine.cli.download import (
     DataTypesOpt,
     EndOpt,
     MaxOpt,
-    ShardsOpt,
     StartOpt,
     SymbolsOpt,
     TypesOpt,
@@ -36,6 +35,9 @@ from mdth_engine.cli.download import (
     build_request,
 )
 
+FixShardsOpt = Annotated[
+    int, typer.Option("--shards", min=1, help="With --fix: run the download as a job over N workers.")
+]
 DateOpt = Annotated[str | None, typer.Option("--date", help="One UTC day (instead of --start/--end).")]
 DEFAULT_CONCURRENCY = 2  # days at once; each scans a few files at a time
 SHOWN_COLUMNS = ["day", "instrument_key", "data_type", "check", "status", "class", "rows", "detail"]
@@ -94,6 +96,17 @@ def latest_reports(store: Any, days: list[dt.date]) -> tuple[Any, list[dict[str,
     return (pa.concat_tables(tables) if tables else REPORT_SCHEMA.empty_table()), summaries
 
 
+def reported_days(request: Any, run_summary: Any) -> list[dt.date]:
+    """The request's days whose report is this run's (a day that could not be validated keeps an old one)."""
+    crashed = {f.unit_id.split("/")[0] for f in crashed_units(run_summary)}
+    return [d for d in request.days() if d.isoformat() not in crashed]
+
+
+def crashed_units(run_summary: Any) -> list[Any]:
+    """Days that could not be validated at all (a day whose report has errors carries their count)."""
+    return [f for f in run_summary.failures if "errors" not in (f.extra or {})]
+
+
 def exit_code_of(table: Any, run_summary: Any) -> int:
     """1 when any row is an error or any day could not be validated at all, else 0."""
     import pyarrow.compute as pc
@@ -101,7 +114,7 @@ def exit_code_of(table: Any, run_summary: Any) -> int:
     errors = (
         int(pc.sum(pc.equal(table["status"], "error").cast("int64")).as_py() or 0) if table.num_rows else 0
     )
-    crashed = [f for f in run_summary.failures if "error(s)" not in (f.reason or "")]
+    crashed = crashed_units(run_summary)
     return EXIT_FAILED if errors or crashed else EXIT_OK
 
 
@@ -123,7 +136,7 @@ def show(
             r["instrument_key"],
         )
     )
-    crashed = [f for f in run_summary.failures if "error(s)" not in (f.reason or "")]
+    crashed = crashed_units(run_summary)
     if json_out:
         for row in rows:
             print_json({"kind": "check", **{k: _plain(v) for k, v in row.items()}})
@@ -260,7 +273,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
         show_all: Annotated[bool, typer.Option("--all", help="Show ok and skipped rows too.")] = False,
         concurrency: ConcurrencyOpt = None,
-        shards: ShardsOpt = 1,
+        shards: FixShardsOpt = 1,
         backend: BackendOpt = "local",
         lake: LakeOpt = None,
         json_out: JsonOpt = False,
@@ -283,7 +296,7 @@ def register(app: typer.Typer) -> None:
         units = plan_stage(request, settings)  # selectors checked before any work
         store = open_store(settings.lake)
         summary = run_validation(ctx, request, settings, as_json, concurrency, units)
-        table, summaries = latest_reports(store, request.days())
+        table, summaries = latest_reports(store, reported_days(request, summary))
         code = exit_code_of(table, summary)
         if fix:
             from mdth_engine.validation.fix import fix_targets
@@ -306,7 +319,7 @@ def register(app: typer.Typer) -> None:
             ]
             summary = run_validation(ctx, request, settings, as_json, concurrency, again)
             summary.failures[:0] = before
-            table, summaries = latest_reports(store, request.days())
+            table, summaries = latest_reports(store, reported_days(request, summary))
             code = exit_code_of(table, summary)
             if fixed and not as_json:
                 typer.echo("fix: some downloads did not succeed (see the rows above)", err=True)
