@@ -59,6 +59,19 @@ class Settings(BaseSettings):
         description="Container image with mdth for shard VMs (else the startup script pip-installs mdth).",
     )
     concurrency: int = Field(8, ge=1, le=256, description="Work units in flight per worker.")
+    binance_ws_url: str = Field(
+        "wss://stream.binance.com:9443", description="Binance spot WebSocket (live streams)."
+    )
+    binance_futures_ws_url: str = Field(
+        "wss://fstream.binance.com", description="Binance USD-M futures WebSocket (live streams)."
+    )
+    binance_rest_url: str = Field(
+        "https://api.binance.com", description="Binance spot REST (klines for cross-source validation)."
+    )
+    binance_futures_rest_url: str = Field(
+        "https://fapi.binance.com",
+        description="Binance USD-M futures REST (klines for cross-source validation).",
+    )
 
     @classmethod
     def settings_customise_sources(

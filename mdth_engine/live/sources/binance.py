@@ -10,8 +10,8 @@ Mapping onto the lake's Tardis shapes: trade time ``T`` is the exchange timestam
 is used); ``markPriceUpdate`` gives mark and index price, funding rate and next funding time; ``forceOrder``
 gives a liquidation whose side is the liquidation order's side (``BUY``: a short was liquidated).
 
-Endpoints: ``MDTH_BINANCE_WS_URL`` (spot, default wss://stream.binance.com:9443) and
-``MDTH_BINANCE_FUTURES_WS_URL`` (futures, default wss://fstream.binance.com); tests point them at the
+Endpoints: settings ``binance_ws_url`` / ``binance_futures_ws_url`` (``MDTH_BINANCE_WS_URL`` and
+``MDTH_BINANCE_FUTURES_WS_URL``); tests point them at the
 simulator (``SimulatorServer.ws_spot_url`` / ``.ws_url``).
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 from mdth_engine.core.errors import UsageError
@@ -29,10 +28,6 @@ from mdth_engine.live.events import BookSnapshot, BookTicker, DerivativeTicker, 
 from mdth_engine.live.sources.base import LIVE_GRACE_US, SourceError
 from mdth_engine.live.sources.ws import WebSocketSource
 
-SPOT_URL_ENV = "MDTH_BINANCE_WS_URL"
-FUTURES_URL_ENV = "MDTH_BINANCE_FUTURES_WS_URL"
-DEFAULT_SPOT_URL = "wss://stream.binance.com:9443"
-DEFAULT_FUTURES_URL = "wss://fstream.binance.com"
 NAN = math.nan
 DEPTH = 5
 _PAD = (NAN,) * DEPTH
@@ -87,8 +82,16 @@ class BinanceSource(WebSocketSource):
         if not canonical:
             raise UsageError("name at least one Binance symbol, e.g. binance:BTCUSDT")
         super().__init__(canonical, clock, grace_us=grace_us, **options)
-        self.spot_url = (spot_url or os.environ.get(SPOT_URL_ENV) or DEFAULT_SPOT_URL).rstrip("/")
-        self.futures_url = (futures_url or os.environ.get(FUTURES_URL_ENV) or DEFAULT_FUTURES_URL).rstrip("/")
+        if not (spot_url and futures_url):
+            from mdth_engine.core.settings import load_settings
+
+            settings = load_settings()  # MDTH_BINANCE_WS_URL / MDTH_BINANCE_FUTURES_WS_URL or mdth.toml
+            spot_url, futures_url = (
+                spot_url or settings.binance_ws_url,
+                futures_url or settings.binance_futures_ws_url,
+            )
+        self.spot_url = spot_url.rstrip("/")
+        self.futures_url = futures_url.rstrip("/")
         self.book_ticker = book_ticker
         self._parsed = {k: parse_key(k) for k in self.keys}
         self._by_symbol: dict[tuple[bool, str], str] = {
