@@ -473,3 +473,44 @@ def test_validation_on_gcs_finds_a_duplicated_trade(gcs_store, gcs_bucket):
     assert errors == [(PERP, "duplicate_ids", 1)]
     summary_json = rp.read_summary(gcs_store, DAY)
     assert summary_json["classes"]["present"] == 2 and summary_json["counts"]["error"] == 1
+
+
+def test_grid_rendering_plain_and_terminal():
+    import io
+
+    from mdth_engine.cli.validate import render_grid
+    from mdth_engine.validation.coverage import COVERAGE_SCHEMA
+
+    days = [DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)]
+    base = {
+        "venue": "BINANCE",
+        "instrument_type": "SPOT_PAIR",
+        "rows": 1,
+        "bytes": 1,
+        "status": "ok",
+        "detail": "",
+    }
+    cells = [
+        (DAY, SPOT, "trades", "present", ""),
+        (DAY, SPOT, "book_snapshot_5", "empty", ""),
+        (days[1], SPOT, "trades", "present", "error"),
+        (days[1], SPOT, "book_snapshot_5", "present", ""),
+        (days[2], SPOT, "trades", "never_attempted", ""),
+        (days[2], SPOT, "book_snapshot_5", "present", "warn"),
+    ]
+    rows = [
+        {**base, "day": d, "instrument_key": k, "data_type": t, "class": c, "content": v}
+        for d, k, t, c, v in cells
+    ]
+    table = pa.Table.from_pylist(rows, schema=COVERAGE_SCHEMA)
+    out = io.StringIO()
+    render_grid(table, days, by="instrument", tty=False, out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[3].split() == [SPOT, "#!-", "1/3"]  # empty < present; content error; never attempted
+    out = io.StringIO()
+    render_grid(table, days, by="data_type", tty=False, out=out)
+    by_type = {ln.split()[0]: ln.split()[1] for ln in out.getvalue().splitlines()[3:5]}
+    assert by_type == {"book_snapshot_5": ".#w", "trades": "#!-"}
+    out = io.StringIO()
+    render_grid(table, days, by="instrument", tty=True, out=out)
+    assert "\u2588" in out.getvalue() and "!" in out.getvalue()
