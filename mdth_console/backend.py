@@ -18,7 +18,7 @@ class ConsoleBackend:
     def __init__(self, lake: str) -> None:
         self.lake_url = lake
         self._lake: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._trackers: dict[str, Any] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------------
@@ -98,11 +98,12 @@ class ConsoleBackend:
         """Failed units of a job with reasons, read incrementally (each result file once)."""
         from mdth_engine.api import FailureTracker
 
+        store = self.store
         with self._lock:
             tracker = self._trackers.get(job_id)
             if tracker is None:
-                tracker = self._trackers[job_id] = FailureTracker(self.store, job_id)
-        return tracker.update()
+                tracker = self._trackers[job_id] = FailureTracker(store, job_id)
+            return tracker.update()  # one poll at a time per tracker
 
     def log(self, job_id: str, shard: int, tail: int = 200) -> str:
         from mdth_engine.api import job_log

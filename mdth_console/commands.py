@@ -34,7 +34,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         "launch", "[STAGE] [--start D] [--end D] [--symbols ..] [--shards N]", "the launch form, filled in"
     ),
-    CommandSpec("coverage", "[START [END]]", "the days x instruments grid of what the lake holds"),
+    CommandSpec("coverage", "[START [END]] [TYPES]", "the days x instruments grid of what the lake holds"),
     CommandSpec("inspect", "[KEY [DATE]]", "an instrument: definition, calendar, last ticks, candles"),
     CommandSpec("stream", "[SOURCE [TIMEFRAMES]]", "live bars and features (sim:BTCUSDT, replay:KEY@DAY)"),
     CommandSpec("cancel", "JOB_ID", "cancel a job (asks first)", mutating=True),

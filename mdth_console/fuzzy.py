@@ -37,15 +37,21 @@ def score(query: str, key: str, symbol: str = "") -> float | None:
     return total - len(key) * 0.1
 
 
-def search(query: str, rows: list[dict[str, Any]], limit: int = 200) -> list[dict[str, Any]]:
-    """Best ``limit`` matches of ``rows`` (dicts with instrument_key and tardis_symbol); all of them, in key
-    order, for an empty query."""
+HELD_BONUS = 30.0  # an instrument the lake holds ticks of ranks above its namesakes
+
+
+def search(
+    query: str, rows: list[dict[str, Any]], limit: int = 200, held: set[str] | frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Best ``limit`` matches of ``rows`` (dicts with instrument_key and tardis_symbol), instruments in
+    ``held`` first among equals; for an empty query, the held ones then the rest, in key order."""
     if not query.strip():
-        return sorted(rows, key=lambda r: r["instrument_key"])[:limit]
+        return sorted(rows, key=lambda r: (r["instrument_key"] not in held, r["instrument_key"]))[:limit]
     scored = []
     for row in rows:
         s = score(query, row["instrument_key"], row.get("tardis_symbol") or "")
         if s is not None:
+            s += HELD_BONUS if row["instrument_key"] in held else 0.0
             scored.append((-s, row["instrument_key"], row))
     scored.sort(key=lambda t: (t[0], t[1]))
     return [row for _, _, row in scored[:limit]]

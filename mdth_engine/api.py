@@ -610,7 +610,8 @@ def job_log(store: Any, job_id: str, shard: int, tail: int = 200) -> str:
 
 def lake_overview(url: str) -> dict[str, Any]:
     """What a lake holds, from one listing: bytes and files per area, days, venues and instruments with ticks
-    (``tick_keys``), the built instrument-master days, and how many instruments the latest master lists."""
+    (``tick_keys``) and their data types, the built instrument-master days, and how many instruments the latest
+    master lists."""
     from mdth_engine.storage.store import open_store
 
     store = open_store(url)
@@ -618,6 +619,7 @@ def lake_overview(url: str) -> dict[str, Any]:
     tick_days: set[dt.date] = set()
     master_days: set[dt.date] = set()
     keys: set[str] = set()
+    data_types: set[str] = set()
     for info in store.list(""):
         parts = info.path.split("/")
         area = areas[parts[0]]
@@ -628,6 +630,7 @@ def lake_overview(url: str) -> dict[str, Any]:
             if day:
                 tick_days.add(day)
             keys.add(parts[-1].removesuffix(".parquet"))
+            data_types.update(p.removeprefix("data_type-") for p in parts if p.startswith("data_type-"))
         elif info.path.startswith(layout.INSTRUMENTS_ROOT + "/"):
             day = layout.day_of(info.path)
             if day:
@@ -647,6 +650,7 @@ def lake_overview(url: str) -> dict[str, Any]:
         "master_days": [d.isoformat() for d in sorted(master_days)],
         "venues": sorted({k.split(":", 1)[0] for k in keys if k.count(":") == 2}),
         "tick_keys": sorted(k for k in keys if k.count(":") == 2),
+        "tick_data_types": sorted(data_types),
         "instruments_with_ticks": len({k for k in keys if k.count(":") == 2}),
         "instruments_listed": listed,
     }

@@ -84,6 +84,7 @@ async def test_launch_command_fills_the_form_and_shows_the_equivalent_command():
         line.value += " --start 2024-03-02 --end 2024-03-03 --timeframes 1m,1h --shards 2"
         await pilot.press("enter")
         await wait_for(pilot, lambda: "plan: 84 unit(s)" in screen_text(app), 10, "the plan")
+        await settle(pilot)  # the command box grows by a line: one more layout pass
         text = " ".join(screen_text(app).split())  # the command wraps
         assert (
             "$ mdth --lake /lake/frozen candles --start 2024-03-02 --end 2024-03-03 --timeframes 1m,1h"
@@ -92,7 +93,7 @@ async def test_launch_command_fills_the_form_and_shows_the_equivalent_command():
         assert "--shards 2" in text
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: isinstance(app.screen, JobDetailScreen), 10, "the job detail")
-        request, shards, backend = app.backend.launched[0]
+        request, shards, _backend = app.backend.launched[0]
         assert (request.operation, str(request.start), request.timeframes, shards) == (
             "candles",
             "2024-03-02",

@@ -194,6 +194,7 @@ class FrozenBackend(ConsoleBackend):
             "master_days": [d.isoformat() for d in DAYS],
             "venues": ["BINANCE", "BINANCE-FUTURES", "DERIBIT"],
             "tick_keys": list(KEYS),
+            "tick_data_types": ["book_snapshot_5", "trades"],
             "instruments_with_ticks": 3,
             "instruments_listed": 752,
         }

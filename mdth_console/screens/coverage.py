@@ -72,7 +72,8 @@ class CoverageScreen(BaseScreen):
         "holds there: files present or empty at the source, or gaps (missing, corrupt, failed, refused, never "
         "tried) and content errors from the latest validation. The table below gives the reasons of the cell "
         "under the cursor. f downloads what the cell lacks, F every gap in view (asks first). a switches "
-        "between the instruments that have ticks and the whole instrument master."
+        "between the instruments and data types the lake holds and the whole instrument master; "
+        ":coverage START END TYPES picks days and data types; [ ] move the days."
     )
     BINDINGS = [
         Binding("g", "toggle_group", "Group", id="coverage.group"),
@@ -95,6 +96,8 @@ class CoverageScreen(BaseScreen):
         self.days: list[str] = []
         self.filter_text = ""
         self.symbols: list[str] = []
+        self.data_types: list[str] = []  # chosen with :coverage START END TYPES; default: what the lake holds
+        self.shown_types: list[str] = []
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="cov-body"):
@@ -127,12 +130,15 @@ class CoverageScreen(BaseScreen):
             end = days[-1]
             start = max(days[0], end - dt.timedelta(days=13))
         symbols: list[str] = []
+        data_types = list(self.data_types)
         if self.scope == "ticks":
-            symbols = self.backend.overview()["tick_keys"]
+            overview = self.backend.overview()
+            symbols = overview["tick_keys"]
+            data_types = data_types or overview.get("tick_data_types", [])
             if not symbols:
-                return {"rows": [], "start": start, "end": end, "symbols": []}
-        rows = self.backend.coverage(start, end, symbols=symbols)
-        return {"rows": rows, "start": start, "end": end, "symbols": symbols}
+                return {"rows": [], "start": start, "end": end, "symbols": [], "data_types": data_types}
+        rows = self.backend.coverage(start, end, symbols=symbols, data_types=data_types)
+        return {"rows": rows, "start": start, "end": end, "symbols": symbols, "data_types": data_types}
 
     def show(self, data: dict[str, Any]) -> None:
         self.rows, self.start, self.end, self.symbols = (
@@ -258,7 +264,15 @@ class CoverageScreen(BaseScreen):
     # -- controls ------------------------------------------------------------------------------------------
     def action_toggle_group(self) -> None:
         self.group = "data_type" if self.group == "instrument" else "instrument"
-        self.show({"rows": self.rows, "start": self.start, "end": self.end, "symbols": self.symbols})
+        self.show(
+            {
+                "rows": self.rows,
+                "start": self.start,
+                "end": self.end,
+                "symbols": self.symbols,
+                "data_types": self.shown_types,
+            }
+        )
 
     def action_toggle_scope(self) -> None:
         self.scope = "master" if self.scope == "ticks" else "ticks"
@@ -273,11 +287,19 @@ class CoverageScreen(BaseScreen):
         self.cov_poll.now()
 
     def open_with(self, args: list[str]) -> None:
+        """``:coverage START [END] [DATA_TYPES]``."""
+        dates = [a for a in args if a[:1].isdigit()]
+        others = [a for a in args if not a[:1].isdigit()]
         try:
-            start = dt.date.fromisoformat(args[0])
-            end = dt.date.fromisoformat(args[1]) if len(args) > 1 else start
+            start = dt.date.fromisoformat(dates[0]) if dates else self.start
+            end = dt.date.fromisoformat(dates[1]) if len(dates) > 1 else start
         except ValueError:
-            self.show_error(f"dates look like 2024-03-01, not {' '.join(args)!r}")
+            self.show_error(f"dates look like 2024-03-01, not {' '.join(dates)!r}")
+            return
+        if others:
+            self.data_types = [t.strip() for t in ",".join(others).split(",") if t.strip()]
+        if start is None or end is None:
+            self.cov_poll.now()
             return
         if end < start:
             start, end = end, start
@@ -306,7 +328,13 @@ class CoverageScreen(BaseScreen):
 
         def work() -> tuple[list[Any], list[str]]:
             base = self.backend.request(
-                "download", {"start": self.start, "end": self.end, "symbols": self.symbols}
+                "download",
+                {
+                    "start": self.start,
+                    "end": self.end,
+                    "symbols": self.symbols,
+                    "data_types": self.shown_types,
+                },
             )
             requests = self.backend.fix_requests(gaps, base)
             return requests, [self.backend.command_line(r, 1, "local") for r in requests]

@@ -157,7 +157,7 @@ class InspectorScreen(BaseScreen):
 
     def run_search(self) -> None:
         query = self.query_one("#insp-search", Input).value
-        hits = search(query, self.master, limit=200)
+        hits = search(query, self.master, limit=200, held=set(getattr(self.app, "known_keys", [])))
         results = self.query_one(OptionList)
         options = []
         for row in hits:

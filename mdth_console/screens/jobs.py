@@ -225,7 +225,9 @@ class JobDetailScreen(BaseScreen):
             head.append("  cancel requested", style="yellow")
         outcomes = status.outcomes()
         third = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
-        where = f"{spec.shards} shard(s) on {spec.backend}, by {spec.created_by} at {timestamp(spec.created_at)}"
+        where = (
+            f"{spec.shards} shard(s) on {spec.backend}, by {spec.created_by} at {timestamp(spec.created_at)}"
+        )
         third = (third + " · " if third else "") + where
         head.append("\n" + third, style="dim")
         self.query_one("#job-head", Static).update(head)

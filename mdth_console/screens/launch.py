@@ -239,9 +239,14 @@ class LaunchScreen(BaseScreen):
 
     # -- preview -------------------------------------------------------------------------------------------
     def schedule_preview(self, delay: float = 0.5) -> None:
-        """Plan again once typing pauses (planning reads the instrument master: a worker's job)."""
+        """Plan again once typing pauses (planning reads the instrument master: a worker's job). Until then
+        the shown plan is stale and launching is off, so ctrl+l never starts what the form no longer says."""
         if self._preview_timer is not None:
             self._preview_timer.stop()
+        self.generation += 1
+        self.preview_ok, self.request = False, None
+        if self.is_mounted:
+            self.refresh_bindings()
         self._preview_timer = self.set_timer(delay, self.start_preview)
 
     def start_preview(self) -> None:
