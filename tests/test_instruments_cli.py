@@ -1,0 +1,82 @@
+"""`mdth instruments list` (table, CSV, JSON) and `mdth inspect` (definition, calendar, closest matches)."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sim_fixtures import SIM_API_KEY
+
+
+@pytest.fixture(scope="module")
+def lake(sim_server, tmp_path_factory):
+    lake = tmp_path_factory.mktemp("lake")
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(lake)}
+    args = [
+        "download",
+        "--start",
+        "2024-03-04",
+        "--end",
+        "2024-03-05",
+        "--symbols",
+        "DERIBIT:PERPETUAL:BTC-USD",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", *args], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return env
+
+
+def mdth(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_list_as_csv_and_json(lake):
+    proc = mdth(
+        lake,
+        "instruments",
+        "list",
+        "--date",
+        "2024-03-04",
+        "--venue",
+        "DERIBIT",
+        "--type",
+        "PERP",
+        "--format",
+        "csv",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert {r["instrument_key"] for r in rows} >= {"DERIBIT:PERPETUAL:BTC-USD", "DERIBIT:PERPETUAL:ETH-USD"}
+    btc = next(r for r in rows if r["instrument_key"] == "DERIBIT:PERPETUAL:BTC-USD")
+    assert btc["tardis_symbol"] == "BTC-PERPETUAL" and "trades" in btc["data_types"].split(",")
+    proc = mdth(lake, "--json", "instruments", "list", "--date", "2024-03-04", "--search", "BTC-PERPETUAL")
+    keys = [json.loads(line)["instrument_key"] for line in proc.stdout.splitlines()]
+    assert keys == ["DERIBIT:PERPETUAL:BTC-USD"]
+
+
+def test_inspect_shows_definition_and_calendar(lake):
+    proc = mdth(lake, "--json", "inspect", "deribit:perp:btc-usd", "--date", "2024-03-05")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["key"] == "DERIBIT:PERPETUAL:BTC-USD" and report["definition"]["settle_asset"] == "BTC"
+    days = {d["day"]: d for d in report["calendar"]}
+    assert set(days) == {"2024-03-04", "2024-03-05"} and all(d["listed"] for d in days.values())
+    for day in days.values():
+        assert set(day["data"]) >= {"trades", "book_snapshot_5", "derivative_ticker"}
+        assert day["data"]["trades"]["rows"] > 0 and day["data"]["trades"]["bytes"] > 0
+    text = mdth(lake, "inspect", "DERIBIT:PERPETUAL:BTC-USD", "--date", "2024-03-05")
+    assert text.returncode == 0 and "book_snapshot_5" in text.stdout and "2024-03-04" in text.stdout
+
+
+def test_inspect_unknown_key_suggests_the_closest(lake):
+    proc = mdth(lake, "inspect", "DERIBIT:PERPETUAL:BTC-USDT", "--date", "2024-03-05")
+    assert proc.returncode == 2
+    assert "did you mean" in proc.stderr and "DERIBIT:PERPETUAL:BTC-USD" in proc.stderr
+    assert "Traceback" not in proc.stderr
