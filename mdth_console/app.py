@@ -115,10 +115,12 @@ class MdthApp(App[None]):
         seen = set()
         for active in self.active_bindings.values():
             binding = active.binding
+            # the screens' own keys (they have ids), not the widgets' cursor keys
             if (
                 not active.enabled
                 or not binding.description
-                or (binding.id and binding.id.startswith("nav."))
+                or not binding.id
+                or binding.id.startswith("nav.")
             ):
                 continue
             if (binding.action, binding.description) in seen:

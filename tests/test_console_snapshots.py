@@ -50,7 +50,7 @@ async def test_job_detail_snapshot():
 
 async def test_launch_snapshot():
     text = await _shot(["3"], "console_launch", until="plan:")
-    assert "$ mdth --lake /lake/frozen download --start 2024-03-03" in text
+    assert "$ mdth --lake /lake/frozen download --start 2024-03-04 --symbols" in text  # continues the lake
     assert "126 unit(s)" not in text and "42 unit(s)" in text
 
 

@@ -117,7 +117,7 @@ class CoverageScreen(BaseScreen):
             ("instrument", "key"),
         ):
             detail.add_column(label, key=key)
-        self.cov_poll = self.poll("coverage", self.fetch, self.show, 60.0)
+        self.cov_poll = self.poll("coverage", self.fetch, self.show, 20.0)
         self.focus_main()
 
     # -- data ----------------------------------------------------------------------------------------------
@@ -147,6 +147,7 @@ class CoverageScreen(BaseScreen):
             data["end"],
             data["symbols"],
         )
+        self.shown_types = data.get("data_types") or []
         self.cells = defaultdict(list)
         for row in self.rows:
             label = (
@@ -176,12 +177,13 @@ class CoverageScreen(BaseScreen):
         kinds = Counter(cell_kind(r) for r in self.rows)
         gaps = sum(v for k, v in kinds.items() if k in GAPS)
         text = Text(f"{self.start}..{self.end}", style="bold")
-        scope = (
-            f"{len(self.symbols)} instrument(s) with ticks"
-            if self.scope == "ticks"
-            else "whole instrument master"
+        scope = f"{len(self.symbols)} instrument(s) with ticks" if self.scope == "ticks" else "whole master"
+        types = ",".join(self.shown_types) if self.shown_types else "default data types"
+        if len(types) > 24:
+            types = f"{len(self.shown_types)} data types"
+        text.append(
+            f" · {scope} · {types} · rows: {'instruments' if self.group == 'instrument' else 'data types'}"
         )
-        text.append(f" · {scope} · rows: {'instruments' if self.group == 'instrument' else 'data types'}")
         text.append(f" · {count(len(self.rows))} file(s) expected · ")
         text.append(f"{gaps} gap(s)", style="bold red" if gaps else "green")
         if kinds.get("empty"):
@@ -346,7 +348,12 @@ class CoverageScreen(BaseScreen):
             if not requests:
                 self.notify("nothing a download would fix there", markup=False)
                 return
-            body = f"{len(gaps)} file(s) in {what}: {len(requests)} download job(s)\n" + "\n".join(
+            days = sum(1 for r in gaps if r["class"] == "no_master")
+            files = len(gaps) - days
+            parts = ([f"{files} file(s)"] if files else []) + (
+                [f"{days} day(s) without a master"] if days else []
+            )
+            body = f"{' and '.join(parts)} in {what}: {len(requests)} download job(s)\n" + "\n".join(
                 "$ " + line for line in lines[:6]
             )
             if len(lines) > 6:

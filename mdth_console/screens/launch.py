@@ -164,18 +164,28 @@ class LaunchScreen(BaseScreen):
 
     def _default_days(self) -> None:
         try:
-            days = self.backend.built_days()
+            overview = self.backend.overview()
         except Exception:
-            days = []
-        self.app.call_from_thread(self._set_default_days, days)
+            overview = {"tick_days": [], "tick_keys": []}
+        self.app.call_from_thread(self._set_defaults, overview)
 
-    def _set_default_days(self, days: list[Any]) -> None:
+    def _set_defaults(self, overview: dict[str, Any]) -> None:
+        """Continue what the lake holds: the day after its last day of ticks, for the instruments it holds
+        (never the whole master of a venue by accident); yesterday on an empty lake."""
+        import datetime as dt
+
         start = self.query_one("#f-start", Input)
         if not start.value:
-            import datetime as dt
-
-            day = days[-1] if days else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+            days = overview.get("tick_days") or []
+            if days:
+                day = dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)
+            else:
+                day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
             start.value = day.isoformat()
+            keys = overview.get("tick_keys") or []
+            symbols = self.query_one("#f-symbols", Input)
+            if keys and len(keys) <= 50 and not symbols.value:
+                symbols.value = ",".join(keys)
         self.schedule_preview()
 
     # -- form ----------------------------------------------------------------------------------------------

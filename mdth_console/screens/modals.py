@@ -72,9 +72,9 @@ class HelpScreen(ModalScreen[None]):
             yield Static(self._render_help())
 
     def _render_help(self) -> Table:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(no_wrap=True, style="bold cyan")
-        grid.add_column()
+        grid = Table.grid(padding=(0, 2), expand=True)
+        grid.add_column(style="bold cyan", max_width=30, overflow="fold")
+        grid.add_column(ratio=1)
         grid.add_row(Text(f"{self.screen_name}", style="bold"), Text(self.about))
         grid.add_row("", "")
         grid.add_row(Text("keys here", style="bold"), "")
