@@ -7,11 +7,12 @@ what the reader planned to fetch; a read outside them is fetched on the spot (an
 from __future__ import annotations
 
 import bisect
-import io
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from mdth_engine.storage.store import SeekableRaw
 
 # Ranges closer than this are fetched as one request: a GET costs far more than a few KiB of bytes.
 COALESCE_GAP = 4 * 1024
@@ -97,30 +98,14 @@ def fetch(
     return out
 
 
-class SparseFile(io.RawIOBase):
+class SparseFile(SeekableRaw):
     """A read-only, seekable view of an object of known size, answering from ``Fetched`` ranges."""
 
     def __init__(self, store: Any, path: str, size: int, fetched: Fetched) -> None:
-        self._store, self._path, self._size, self._fetched = store, path, size, fetched
-        self._pos = 0
+        super().__init__(size)
+        self._store, self._path, self._fetched = store, path, fetched
         self._lock = threading.Lock()
         self.misses = 0  # reads that were not planned: each costs an extra GET
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:
         with self._lock:

@@ -24,6 +24,7 @@ from mdth_engine.storage.layout import is_temp_name
 from mdth_engine.storage.store import (
     ObjectInfo,
     ReadCounter,
+    SeekableRaw,
     Staged,
     check_path,
     check_prefix,
@@ -38,28 +39,12 @@ _EMULATOR_PROJECT = "mdth-emulator"
 _POOL_SIZE = 64
 
 
-class _RangedRaw(io.RawIOBase):
+class _RangedRaw(SeekableRaw):
     """A seekable raw reader of one object generation: every ``readinto`` is one ranged GET."""
 
     def __init__(self, store: GCSStore, path: str, size: int, generation: int | None) -> None:
-        self._store, self._path, self._size, self._generation = store, path, size, generation
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
+        super().__init__(size)
+        self._store, self._path, self._generation = store, path, generation
 
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), self._size - self._pos)

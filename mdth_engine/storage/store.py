@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import errno
+import io
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -119,6 +120,30 @@ class ObjectStore(Protocol):
     def join(self, path: str) -> str: ...
 
     def sweep_temp(self, older_than_s: float = 3600.0) -> list[str]: ...
+
+
+class SeekableRaw(io.RawIOBase):
+    """The position bookkeeping of a read-only, seekable view of an object of known size; subclasses read."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
 
 
 class ReadCounter:
