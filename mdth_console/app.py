@@ -11,6 +11,7 @@ from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
+from textual.worker import Worker, WorkerState
 
 from mdth_console import commands as cmd
 from mdth_console.backend import ConsoleBackend
@@ -83,6 +84,13 @@ class MdthApp(App[None]):
 
     def on_mount(self) -> None:
         self.switch_mode("dashboard")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised (engine code we did not expect to fail) becomes a toast, never a crash."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            self.notify(
+                first_line(event.worker.error), title="error", severity="error", markup=False, timeout=10
+            )
 
     # -- navigation ----------------------------------------------------------------------------------------
     async def goto(self, mode: str) -> Any:

@@ -100,19 +100,15 @@ async def test_launch_command_fills_the_form_and_shows_the_equivalent_command():
             ("1m", "1h"),
             2,
         )
-
-
-async def test_a_bad_form_value_is_a_one_line_error_and_launch_stays_off():
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        # a bad value: a one-line error under the form, and ctrl+l does nothing
+        await pilot.press("escape")
         await pilot.press("colon")
-        await press_text(pilot, "launch download --start 2024-13-45")
+        app.screen.query_one("#command-line").value = "launch download --start 2024-13-45"
         await pilot.press("enter")
         await wait_for(pilot, lambda: "is not a date" in screen_text(app), 10, "the error")
         await pilot.press("ctrl+l")
         await settle(pilot)
-        assert app.backend.launched == []
+        assert len(app.backend.launched) == 1
 
 
 async def test_unknown_command_is_a_hint_not_a_crash():
@@ -289,3 +285,36 @@ async def test_pause_stops_refreshing_and_shows_a_badge():
         await pilot.press("p")
         await settle(pilot)
         assert "PAUSED" not in screen_text(app)
+
+
+def test_cli_refuses_an_unknown_theme_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", "console", "--lake", str(tmp_path), "--theme", "neon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("mdth: error: unknown theme 'neon'") and out.stderr.count("\n") == 1
+
+
+async def test_a_worker_that_raises_becomes_a_toast():
+    class Broken(FrozenBackend):
+        def overview(self):
+            raise RuntimeError("listing failed [/x]")
+
+    app = make_app(backend=Broken())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert any("listing failed [/x]" in str(n.message) for n in app._notifications)
+        assert isinstance(app.screen, DashboardScreen)
+        app.run_worker(_boom(), exit_on_error=False)
+        await settle(pilot)
+        assert any("boom [/y]" in str(n.message) for n in app._notifications)
+
+
+async def _boom() -> None:
+    raise ValueError("boom [/y]")

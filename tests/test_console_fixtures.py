@@ -344,12 +344,12 @@ class FrozenBackend(ConsoleBackend):
 # -- driving the app -----------------------------------------------------------------------------------------
 
 
-async def settle(pilot: Any, rounds: int = 3) -> None:
+async def settle(pilot: Any, rounds: int = 2) -> None:
     """Let polls fetch and apply: pause, wait for busy workers, pause again."""
     for _ in range(rounds):
-        await pilot.pause(0.05)
+        await pilot.pause(0.02)
         await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.05)
+    await pilot.pause(0.02)
 
 
 async def wait_for(pilot: Any, predicate: Any, timeout: float = 30.0, what: str = "") -> None:
@@ -359,7 +359,7 @@ async def wait_for(pilot: Any, predicate: Any, timeout: float = 30.0, what: str 
     while loop.time() < deadline:
         if predicate():
             return
-        await pilot.pause(0.1)
+        await pilot.pause(0.05)
     raise AssertionError(f"timed out waiting for {what or predicate}:\n{screen_text(pilot.app)}")
 
 

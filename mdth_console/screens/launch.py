@@ -248,7 +248,7 @@ class LaunchScreen(BaseScreen):
         self.query_one("#f-stage", Select).focus()
 
     # -- preview -------------------------------------------------------------------------------------------
-    def schedule_preview(self, delay: float = 0.5) -> None:
+    def schedule_preview(self, delay: float = 0.3) -> None:
         """Plan again once typing pauses (planning reads the instrument master: a worker's job). Until then
         the shown plan is stale and launching is off, so ctrl+l never starts what the form no longer says."""
         if self._preview_timer is not None:
