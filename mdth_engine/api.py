@@ -502,7 +502,11 @@ def start_pipeline(request: Request, settings: Settings, *, shards: int = 1, bac
         raise UsageError(f"shards must be at least 1, got {shards}")
     name = new_job_id("pipeline")
     log = Path(tempfile.gettempdir()) / "mdth-pipelines" / f"{name}.log"
-    code = "import sys; from mdth_engine.api import pipeline_main; sys.exit(pipeline_main(sys.argv[1:]))"
+    # os._exit once the records are written: no C++ static destructor (DuckDB, Arrow pools) runs at exit
+    code = (
+        "import os, sys; from mdth_engine.api import pipeline_main; c = pipeline_main(sys.argv[1:]); "
+        "sys.stdout.flush(); os._exit(c)"
+    )
     body = json.dumps({"request": request.to_dict(), "shards": shards, "backend": backend})
     pid = _spawn_detached([sys.executable, "-c", code, settings.lake, body], log)
     return {"name": name, "pid": pid, "log": str(log)}

@@ -194,3 +194,33 @@ async def test_a_job_launched_from_the_console_finishes_after_the_console_quit(
         await asyncio.sleep(0.5)
         status = job_status(store, job_id)
     assert status.state == "done", status.to_dict()
+
+
+@pytest.mark.slow
+async def test_a_pipeline_launched_from_the_console_runs_each_stage_as_a_job(
+    tmp_path: Path, sim_env, monkeypatch
+):
+    monkeypatch.setenv("MDTH_WORKER_HEARTBEAT_S", "0.4")
+    lake = tmp_path / "lake"
+    app = MdthApp(str(lake))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        app.screen.query_one(
+            "#command-line"
+        ).value = f"launch pipeline --start 2024-03-07 --symbols {SPOT} --data-types trades"
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: "pipeline --date 2024-03-07" in " ".join(screen_text(app).split()), 15, "plan"
+        )
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: "pipeline started" in screen_text(app), 30, "the start")
+        await pilot.press("2")
+
+        def all_done() -> bool:
+            text = screen_text(app)
+            return all(f"{op}-" in text for op in ("download", "candles", "validate", "upload")) and (
+                "4 job(s) · 0 running · 0 failed" in text
+            )
+
+        await wait_for(pilot, all_done, 120, "four finished jobs")

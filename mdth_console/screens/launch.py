@@ -394,9 +394,7 @@ class LaunchScreen(BaseScreen):
             )
             self.run_worker(self.app.open_job(result["job_id"]), exit_on_error=False)  # type: ignore[attr-defined]
         else:
-            status.update(
-                Text(f"pipeline {result['pipeline']} started; its jobs appear in Jobs", style="green")
-            )
+            status.update(Text("pipeline started: its jobs show in Jobs (2)", style="green"))
             self.notify(
                 f"pipeline started: each stage shows in Jobs as it begins (log: {result['log']})",
                 markup=False,
