@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+FINISHED_REREAD_S = 30.0
+
 
 class ConsoleBackend:
     """One lake, its settings and store, and the facade calls the screens need."""
@@ -20,6 +22,8 @@ class ConsoleBackend:
         self._lake: Any = None
         self._lock = threading.RLock()
         self._trackers: dict[str, Any] = {}
+        self._finished: dict[str, Any] = {}
+        self._finished_at = time.monotonic()
 
     # -- plumbing ------------------------------------------------------------------------------------------
     @property
@@ -85,9 +89,26 @@ class ConsoleBackend:
 
     # -- jobs ----------------------------------------------------------------------------------------------
     def jobs(self, limit: int = 50) -> list[Any]:
+        """Newest jobs; finished ones are read again only every ``FINISHED_REREAD_S`` (a retry elsewhere shows
+        up within that; one from this console at once), so a lake with many old jobs stays cheap to poll."""
         from mdth_engine.api import recent_jobs
 
-        return recent_jobs(self.store, limit)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._finished_at > FINISHED_REREAD_S:
+                self._finished, self._finished_at = {}, now
+            reuse = dict(self._finished)
+        statuses = recent_jobs(self.store, limit, reuse=reuse)
+        with self._lock:
+            for status in statuses:
+                if status.finished:
+                    self._finished.setdefault(status.job_id, status)
+        return statuses
+
+    def forget(self, job_id: str) -> None:
+        """Read this job's records again at the next poll (it was just retried or cleaned up)."""
+        with self._lock:
+            self._finished.pop(job_id, None)
 
     def job(self, job_id: str) -> Any:
         from mdth_engine.jobs import job_status
@@ -120,6 +141,7 @@ class ConsoleBackend:
         from mdth_engine.api import spawn_supervisor
         from mdth_engine.jobs import retry_job
 
+        self.forget(job_id)
         relaunched = retry_job(self.store, job_id, self.settings, shards=shards)
         if relaunched:
             spawn_supervisor(job_id, self.lake_url)
@@ -128,6 +150,7 @@ class ConsoleBackend:
     def cleanup(self, job_id: str) -> dict[str, Any]:
         from mdth_engine.jobs import cleanup_job
 
+        self.forget(job_id)
         return cleanup_job(self.store, job_id, self.settings)
 
     # -- launching -----------------------------------------------------------------------------------------

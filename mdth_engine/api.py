@@ -554,13 +554,19 @@ def pipeline_main(argv: list[str]) -> int:
     return worst
 
 
-def recent_jobs(store: Any, limit: int = 50) -> list:
-    """The newest ``limit`` jobs' statuses (newest first); an unreadable job does not hide the others."""
+def recent_jobs(store: Any, limit: int = 50, *, reuse: dict[str, Any] | None = None) -> list:
+    """The newest ``limit`` jobs' statuses (newest first); an unreadable job does not hide the others.
+
+    ``reuse``: statuses (of finished jobs) the caller already holds, returned as they are instead of reading
+    their records again; a poller over a lake with many old jobs then reads only the live ones."""
     from mdth_engine.jobs.status import job_status, list_job_ids
 
     ids = sorted(list_job_ids(store), key=lambda i: i.split("-", 1)[-1], reverse=True)
     out = []
     for job_id in ids[:limit]:
+        if reuse and job_id in reuse:
+            out.append(reuse[job_id])
+            continue
         try:
             out.append(job_status(store, job_id))
         except Exception:

@@ -273,3 +273,19 @@ def test_coverage_fix_requests_rebuild_a_day_without_master_with_the_selection()
     assert dataclasses.replace(r, start=base.start, end=base.end, options={}) == dataclasses.replace(
         base, options={}
     )
+
+
+def test_recent_jobs_reuses_statuses_it_is_given(tmp_path: Path, monkeypatch):
+    store = open_store(str(tmp_path / "lake"))
+    old, new = "download-20240101-000000-aaaaaa", "download-20240102-000000-bbbbbb"
+    for job_id in (old, new):
+        rec.save_spec(store, _spec(job_id))
+    held = {j.job_id: j for j in api.recent_jobs(store) if j.job_id == old}
+    read = []
+    from mdth_engine.jobs import status as status_mod
+
+    original = status_mod.job_status
+    monkeypatch.setattr(status_mod, "job_status", lambda s, j: read.append(j) or original(s, j))
+    jobs = api.recent_jobs(store, reuse=held)
+    assert [j.job_id for j in jobs] == [new, old] and jobs[1] is held[old]
+    assert read == [new]

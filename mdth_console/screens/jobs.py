@@ -61,7 +61,7 @@ class JobsScreen(BaseScreen):
 
     def on_mount(self) -> None:
         self.statuses: dict[str, Any] = {}
-        self.poll("jobs", lambda: self.backend.jobs(limit=200), self.show, 2.0)
+        self.poll("jobs", lambda: self.backend.jobs(limit=100), self.show, 2.0)
         self.focus_main()
 
     def show(self, jobs: list[Any]) -> None:
@@ -148,7 +148,10 @@ class JobDetailScreen(BaseScreen):
     )
     BINDINGS = [
         Binding("escape", "back", "Back", id="job.back"),
-        Binding("r", "retry_job", "Retry failed", id="job.retry"),
+        Binding("slash", "filter", "Filter", show=False, id="job.filter"),
+        Binding(
+            "r", "retry_job", "Retry", tooltip="Relaunch failed, dead or cancelled shards", id="job.retry"
+        ),
         Binding("s", "retry_shard", "Retry shard", show=False, id="job.retry_shard"),
         Binding("c", "cancel_job", "Cancel", id="job.cancel"),
         Binding("x", "cleanup_job", "Clean up", id="job.cleanup"),
