@@ -24,7 +24,6 @@ from mdth_engine.cli.common import (
 from mdth_engine.cli.download import (
     BackendOpt,
     BasesOpt,
-    ConcurrencyOpt,
     DataTypesOpt,
     EndOpt,
     MaxOpt,
@@ -35,6 +34,9 @@ from mdth_engine.cli.download import (
     build_request,
 )
 
+DaysOpt = Annotated[
+    int | None, typer.Option("--concurrency", min=1, help="Days validated at once (default: 2).")
+]
 FixShardsOpt = Annotated[
     int, typer.Option("--shards", min=1, help="With --fix: run the download as a job over N workers.")
 ]
@@ -272,7 +274,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--fix", help="Download exactly what is missing, failed or broken, then re-check."),
         ] = False,
         show_all: Annotated[bool, typer.Option("--all", help="Show ok and skipped rows too.")] = False,
-        concurrency: ConcurrencyOpt = None,
+        concurrency: DaysOpt = None,
         shards: FixShardsOpt = 1,
         backend: BackendOpt = "local",
         lake: LakeOpt = None,
@@ -280,8 +282,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check completeness and content per day; exit 1 when anything is wrong.
 
-        Writes validation_reports/by_date/day-{date}/report.parquet and summary.json. --fix runs the download
-        of exactly the missing, failed or broken files as a recorded job, then validates those days again.
+        Writes validation_reports/by_date/day-{date}/report.parquet and summary.json next to it.
+
+        --fix downloads exactly the missing, failed or broken files (a recorded job), then re-validates.
         """
         from mdth_engine.api import plan_stage
         from mdth_engine.storage.store import open_store
