@@ -77,6 +77,32 @@ async def run_stage(
     return await run_units(stage, planned, concurrency=concurrency or settings.concurrency, sink=sink)
 
 
+async def run_recorded(
+    request: Request,
+    settings: Settings,
+    *,
+    sink: Sink = null_sink,
+    concurrency: int | None = None,
+    units=None,
+):
+    """Run a stage in this process as a one-shard job, so its unit outcomes (401, 404, failures) stay on record
+    for validation and `mdth jobs`; returns the run summary like ``run_stage``."""
+    from mdth_engine.jobs import create_job
+    from mdth_engine.jobs.worker import arun_shard
+    from mdth_engine.storage.store import open_store
+
+    if concurrency:
+        settings = settings.model_copy(update={"concurrency": concurrency})
+    store = open_store(settings.lake)
+    spec = create_job(store, request, shards=1, backend="local", settings=settings, units=units)
+    run = await arun_shard(store, spec.job_id, 0, settings, sink)
+    if run.summary is None:  # nothing ran (an empty plan, or the job was cancelled from elsewhere)
+        from mdth_engine.jobs.runner import RunSummary
+
+        return RunSummary(stage=request.operation)
+    return run.summary
+
+
 class Lake:
     """Read access to a lake for downstream code: instruments, ticks and candles as Arrow tables."""
 

@@ -38,6 +38,7 @@ def main() -> int:
             "MDTH_LAKE": lake,
             "MDTH_TARDIS_API_URL": sim.api_url,
             "MDTH_TARDIS_DATASETS_URL": sim.datasets_url,
+            "MDTH_BINANCE_REST_URL": sim.base_url,  # klines for the cross-source check (spot and futures)
             "MDTH_TARDIS_API_KEY": os.environ.get("MDTH_TARDIS_API_KEY", "demo-key-for-the-simulator"),
         }
         print(f"simulator on {sim.base_url}  (Tardis API {sim.api_url}, datasets {sim.datasets_url})")

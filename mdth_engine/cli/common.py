@@ -170,22 +170,51 @@ def run_reported(
     """Run a stage with progress, print its failures and a one-line summary, return its exit code."""
     import asyncio
 
-    from mdth_engine.api import run_stage
+    from mdth_engine.api import run_recorded, run_stage
     from mdth_engine.cli.progress import progress_sink
 
     as_json = json_mode(ctx, json_flag)
     with progress_sink(as_json) as sink:
-        summary = asyncio.run(run_stage(request, settings, sink=sink, concurrency=concurrency, units=units))
+        if request.operation == "download":  # recorded as a one-shard job: validation reads its outcomes
+            summary = asyncio.run(
+                run_recorded(request, settings, sink=sink, concurrency=concurrency, units=units)
+            )
+        else:
+            summary = asyncio.run(
+                run_stage(request, settings, sink=sink, concurrency=concurrency, units=units)
+            )
     if as_json:
         print_json({"kind": "summary", **summary.to_dict()})
     else:
         for failure in summary.failures:
             typer.echo(f"{failure.outcome}: {failure.unit_id}: {failure.reason}", err=True)
+        for line in _notes(summary.results):
+            typer.echo(line, err=True)
         outcomes = ", ".join(f"{v} {k}" for k, v in sorted(summary.outcomes.items())) or "nothing to do"
         typer.echo(
             f"{request.operation}: {summary.units} units ({outcomes}), {summary.rows:,} rows in {summary.seconds:.1f} s"
         )
     return summary.exit_code
+
+
+# Outcomes that are not failures but leave nothing behind: say why (and what to do), a few lines at most.
+_NOTED_OUTCOMES = ("not_found", "not_exported")
+_NOTES_PER_OUTCOME = 3
+
+
+def _notes(results: Iterable[Any]) -> list[str]:
+    """``note:`` lines for units that produced nothing without failing, with their reasons."""
+    by_outcome: dict[str, list[Any]] = {}
+    for result in results:
+        if str(result.outcome) in _NOTED_OUTCOMES and result.reason:
+            by_outcome.setdefault(str(result.outcome), []).append(result)
+    lines = []
+    for outcome, items in sorted(by_outcome.items()):
+        for result in items[:_NOTES_PER_OUTCOME]:
+            lines.append(f"note: {outcome}: {result.unit_id}: {result.reason}")
+        if len(items) > _NOTES_PER_OUTCOME:
+            lines.append(f"note: {outcome}: {len(items) - _NOTES_PER_OUTCOME} more unit(s) like these")
+    return lines
 
 
 def date_range(start: str | None, end: str | None, date: str | None = None) -> tuple[Any, Any]:

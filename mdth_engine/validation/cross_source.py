@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -32,8 +31,6 @@ from mdth_engine.validation import report as rp
 from mdth_engine.validation.content import fmt_clock
 from mdth_engine.validation.incidents import SourceFacts
 
-DEFAULT_SPOT_URL = "https://api.binance.com"
-DEFAULT_FUTURES_URL = "https://fapi.binance.com"
 PRICE_RTOL = 1e-7
 VOLUME_RTOL = 1e-6
 VOLUME_ATOL = 1e-8
@@ -47,13 +44,19 @@ class KlinesUnavailable(Exception):
 
 
 def endpoints(options: dict[str, Any]) -> dict[str, str]:
-    """Base URLs of the spot and futures REST APIs, from the request options, the environment or defaults."""
-    spot = options.get("binance_rest_url") or os.environ.get("MDTH_BINANCE_REST_URL")
-    futures = options.get("binance_futures_rest_url") or os.environ.get("MDTH_BINANCE_FUTURES_REST_URL")
-    return {
-        "spot": (spot or DEFAULT_SPOT_URL).rstrip("/"),
-        "futures": (futures or spot or DEFAULT_FUTURES_URL).rstrip("/"),
-    }
+    """Base URLs of the spot and futures REST APIs: request options, then settings (``MDTH_BINANCE_REST_URL``,
+    ``MDTH_BINANCE_FUTURES_REST_URL``, mdth.toml). A spot URL given alone serves both (one host, as the simulator)."""
+    from mdth_engine.core.settings import load_settings
+
+    settings = load_settings()
+    given = settings.model_fields_set
+    spot = options.get("binance_rest_url") or settings.binance_rest_url
+    futures = options.get("binance_futures_rest_url")
+    if not futures:
+        spot_given = bool(options.get("binance_rest_url")) or "binance_rest_url" in given
+        own = "binance_futures_rest_url" in given
+        futures = settings.binance_futures_rest_url if own or not spot_given else spot
+    return {"spot": spot.rstrip("/"), "futures": futures.rstrip("/")}
 
 
 def market_of(row: dict[str, Any]) -> tuple[str, str] | None:

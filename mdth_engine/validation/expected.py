@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from mdth_engine.core.schemas import GROUPED_DATA_TYPES
 from mdth_engine.core.timeframes import US_PER_DAY, datetime_to_us, day_start_us
 from mdth_engine.stages.base import Outcome, Request
 from mdth_engine.validation import report as rp
@@ -115,6 +116,9 @@ def classify(
     for entry in expected:
         size = listings[entry.data_type].get(entry.instrument_key)
         outcome = outcomes.get(entry.unit_id)
+        kept_others = outcome is not None and outcome.output != entry.path and outcome.outcome in _SETTLED
+        if kept_others and entry.data_type in GROUPED_DATA_TYPES:
+            outcome = None  # that run of the grouped file kept other underlyings, not this one
         if size is None:
             holdings.append(Holding(entry, _absent_class(outcome), outcome=outcome))
         else:
@@ -139,6 +143,9 @@ def classify(
         ) as pool:
             list(pool.map(footer, present))
     return holdings
+
+
+_SETTLED = (Outcome.WRITTEN, Outcome.SKIPPED, Outcome.EMPTY)
 
 
 def _absent_class(outcome: RecordedOutcome | None) -> str:

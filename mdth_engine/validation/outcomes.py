@@ -24,6 +24,7 @@ class RecordedOutcome:
     rows: int
     job_id: str
     finished_at: dt.datetime | None
+    output: str = ""  # the unit's (first) lake path; a grouped unit writes only the outputs it planned
 
 
 class DownloadOutcomes:
@@ -104,6 +105,7 @@ class DownloadOutcomes:
                             int(row.get("rows") or 0),
                             job_id,
                             finished if isinstance(finished, dt.datetime) else None,
+                            str(row.get("output") or ""),
                         ),
                     )
         return {uid: outcome for uid, (_, outcome) in latest.items()}
