@@ -11,6 +11,7 @@ from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
+from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
 from mdth_console import commands as cmd
@@ -39,7 +40,8 @@ class MdthApp(App[None]):
         Binding("5", "goto('inspect')", "Inspect", show=False, id="nav.inspect"),
         Binding("6", "goto('stream')", "Stream", show=False, id="nav.stream"),
         Binding("question_mark,f1", "help", "Help", id="app.help"),
-        Binding("colon", "command_line", "Cmd", id="app.command"),
+        # priority: handled on arrival, so keys typed right after ':' reach the command line, not the table
+        Binding("colon", "command_line", "Cmd", priority=True, id="app.command"),
         Binding("p", "toggle_pause", "Pause", show=False, id="app.pause"),
         Binding("q", "quit", "Quit", id="app.quit"),
     ]
@@ -106,6 +108,8 @@ class MdthApp(App[None]):
         await self.goto(mode)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "command_line" and isinstance(self.focused, Input):
+            return False  # a ':' typed into a field (instrument keys have them) stays text
         if (
             action == "goto"
             and parameters

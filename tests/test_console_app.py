@@ -318,3 +318,25 @@ async def test_a_worker_that_raises_becomes_a_toast():
 
 async def _boom() -> None:
     raise ValueError("boom [/y]")
+
+
+async def test_keys_typed_in_one_burst_after_colon_reach_the_command_line():
+    """A terminal delivers fast typing (or tmux send-keys) in one read: every key arrives before ':' is
+    acted on. The ':' binding is a priority one, so the rest still lands in the command line."""
+    from textual import events
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for key, char in [("colon", ":"), ("j", "j"), ("o", "o"), ("b", "b"), ("s", "s"), ("enter", "\r")]:
+            app.post_message(events.Key(key, char))
+        await settle(pilot)
+        assert isinstance(app.screen, JobsScreen)
+        # and a ':' typed into a field stays text (instrument keys have them)
+        await pilot.press("5")
+        await settle(pilot)
+        await pilot.press("slash")
+        for key, char in [("d", "d"), ("colon", ":"), ("p", "p")]:
+            app.post_message(events.Key(key, char))
+        await settle(pilot)
+        assert app.screen.query_one("#insp-search").value == "d:p"

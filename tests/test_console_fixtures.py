@@ -353,11 +353,13 @@ async def settle(pilot: Any, rounds: int = 2) -> None:
 
 
 async def wait_for(pilot: Any, predicate: Any, timeout: float = 30.0, what: str = "") -> None:
-    """Pause until ``predicate()`` holds (checked every 0.1 s of app time)."""
+    """Pause until ``predicate()`` holds (checked every 0.05 s), then let one more layout pass land (a widget
+    updated in the same frame as the awaited text may need it)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         if predicate():
+            await settle(pilot, rounds=1)
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out waiting for {what or predicate}:\n{screen_text(pilot.app)}")

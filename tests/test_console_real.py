@@ -70,7 +70,8 @@ async def test_inspector_finds_an_instrument_by_fuzzy_search(built_lake: Path):
         await pilot.press("slash")
         await press_text(pilot, "btcusdt perp")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: f"2024-03-02 {PERP}" in screen_text(app), 15, "the definition")
+        await wait_for(pilot, lambda: f"2024-03-02 {PERP}" in screen_text(app), 15, "the title")
+        await wait_for(pilot, lambda: "instrument_type" in screen_text(app), 5, "the definition")
         text = screen_text(app)
         assert "instrument_type" in text and "PERPETUAL" in text and "binance-futures" in text
         await pilot.press("n")  # the calendar: both days hold trades

@@ -15,10 +15,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
+from textual.widgets import Footer, Input
 
 from mdth_console.format import first_line
-from mdth_console.widgets.chrome import CommandLine, FilterBar, NavBar, TooSmall
+from mdth_console.widgets.chrome import CommandLine, FilterBar, NavBar, PromptRow, TooSmall
 
 # Actions that change something (jobs, the lake): hidden in --read-only mode.
 MUTATING = frozenset(
@@ -101,7 +101,7 @@ class BaseScreen(Screen):
     MAIN = ""  # id of the widget that gets focus (the main table or list)
     HELP = ""  # one paragraph for the help screen
     BINDINGS = [
-        Binding("slash", "filter", "Filter", id="screen.filter"),
+        Binding("slash", "filter", "Filter", priority=True, id="screen.filter"),
         Binding("f5,ctrl+r", "refresh", "Refresh", show=False, id="screen.refresh"),
     ]
     FILTERABLE = True
@@ -122,8 +122,8 @@ class BaseScreen(Screen):
         yield NavBar(self.MODE)
         yield from self.compose_body()
         yield TooSmall()
-        yield FilterBar(id="filter-bar")
-        yield CommandLine(self.app.command_suggestions(), id="command-line")  # type: ignore[attr-defined]
+        yield PromptRow("/", FilterBar(id="filter-bar"), id="filter-row")
+        yield PromptRow(":", CommandLine(self.app.command_suggestions(), id="command-line"), id="command-row")  # type: ignore[attr-defined]
         yield Footer(compact=True, show_command_palette=True)
 
     def compose_body(self) -> ComposeResult:
@@ -183,6 +183,8 @@ class BaseScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in MUTATING and self.read_only:
             return False
+        if action == "filter" and isinstance(self.focused, Input):
+            return False  # a '/' typed into a field stays text
         return self.FILTERABLE or action != "filter"
 
     def on_command_line_run(self, event: CommandLine.Run) -> None:

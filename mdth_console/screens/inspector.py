@@ -56,7 +56,7 @@ class InspectorScreen(BaseScreen):
         "move the day."
     )
     BINDINGS = [
-        Binding("slash", "filter", "Search", id="inspect.search"),
+        Binding("slash", "filter", "Search", priority=True, id="inspect.search"),
         Binding("n", "next_tab", "Next tab", id="inspect.tab"),
         Binding("t", "cycle_timeframe", "Timeframe", id="inspect.timeframe"),
         Binding("d", "cycle_data_type", "Data type", show=False, id="inspect.data_type"),
@@ -177,7 +177,7 @@ class InspectorScreen(BaseScreen):
         )
 
     def action_filter(self) -> None:
-        self.query_one("#insp-search", Input).focus()
+        self.set_focus(self.query_one("#insp-search", Input))
 
     def action_leave_search(self) -> None:
         self.query_one(OptionList).focus()

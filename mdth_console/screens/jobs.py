@@ -131,7 +131,7 @@ class JobsScreen(BaseScreen):
         text = " ".join(args)
         bar_ = self.query_one(FilterBar)
         bar_.value = text
-        bar_.add_class("-open")
+        bar_.parent.add_class("-open")
         self.apply_filter(text)
         self.focus_main()
 
@@ -148,7 +148,7 @@ class JobDetailScreen(BaseScreen):
     )
     BINDINGS = [
         Binding("escape", "back", "Back", id="job.back"),
-        Binding("slash", "filter", "Filter", show=False, id="job.filter"),
+        Binding("slash", "filter", "Filter", show=False, priority=True, id="job.filter"),
         Binding(
             "r", "retry_job", "Retry", tooltip="Relaunch failed, dead or cancelled shards", id="job.retry"
         ),
@@ -220,7 +220,7 @@ class JobDetailScreen(BaseScreen):
         head.append_text(state_text(shown_state(status)))
         head.append(f"  {status.units_done}/{status.units_total} units  ")
         head.append(f"{status.units_failed} failed", style="red" if status.units_failed else "")
-        head.append(f"  {count(status.rows)} rows  {human_bytes(status.bytes)}")
+        head.append(f"  {human_bytes(status.bytes)}")
         rate = sum(s.rate_bytes_s for s in status.shards if s.state == "running")
         if not status.finished:
             head.append(f"  {human_bytes(rate)}/s  ETA {duration(status.eta_s)}")
@@ -228,6 +228,7 @@ class JobDetailScreen(BaseScreen):
             head.append("  cancel requested", style="yellow")
         outcomes = status.outcomes()
         third = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+        third = (third + " · " if third else "") + f"{count(status.rows)} rows"
         where = (
             f"{spec.shards} shard(s) on {spec.backend}, by {spec.created_by} at {timestamp(spec.created_at)}"
         )

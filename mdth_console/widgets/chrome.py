@@ -4,8 +4,9 @@ the "terminal too small" notice."""
 from __future__ import annotations
 
 from rich.text import Text
-from textual.app import RenderResult
+from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widget import Widget
@@ -74,12 +75,29 @@ class TooSmall(Static):
         )
 
 
+class PromptRow(Horizontal):
+    """One line at the bottom: a prompt character and its input; shown only while open."""
+
+    DEFAULT_CSS = """
+    PromptRow { display: none; height: 1; }
+    PromptRow.-open { display: block; }
+    PromptRow > .prompt { width: 1; color: $accent; text-style: bold; }
+    """
+
+    def __init__(self, prompt: str, line: Input, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.prompt, self.line = prompt, line
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.prompt, classes="prompt", markup=False)
+        yield self.line
+
+
 class CommandLine(Input):
     """The `:` line at the bottom: Enter runs the command, Esc closes it; Up/Down walk the history."""
 
     DEFAULT_CSS = """
-    CommandLine { dock: bottom; display: none; height: 1; border: none; padding: 0 1; margin: 0; }
-    CommandLine.-open { display: block; }
+    CommandLine { height: 1; border: none; padding: 0 0; margin: 0; width: 1fr; }
     """
     BINDINGS = [
         Binding("escape", "close", "Close", show=False),
@@ -105,13 +123,13 @@ class CommandLine(Input):
 
     def open(self, text: str = "") -> None:
         self.value = text
-        self.add_class("-open")
+        self.parent.add_class("-open")  # the prompt row: ":" and this line
         self._history_at = len(self.HISTORY)
-        self.focus()
+        self.screen.set_focus(self)  # now, not after a refresh: keys typed right after ':' land here
 
     def action_close(self) -> None:
         self.value = ""
-        self.remove_class("-open")
+        self.parent.remove_class("-open")
         self.screen.focus_main()  # type: ignore[attr-defined]
 
     def action_history(self, step: int) -> None:
@@ -124,7 +142,7 @@ class CommandLine(Input):
     async def action_submit(self) -> None:
         text = self.value.strip().removeprefix(":").strip()
         self.value = ""
-        self.remove_class("-open")
+        self.parent.remove_class("-open")
         self.screen.focus_main()  # type: ignore[attr-defined]
         if text:
             if not self.HISTORY or self.HISTORY[-1] != text:
@@ -136,8 +154,7 @@ class FilterBar(Input):
     """The `/` filter: narrows the screen's main list as you type; Enter keeps it, Esc clears it."""
 
     DEFAULT_CSS = """
-    FilterBar { dock: bottom; display: none; height: 1; border: none; padding: 0 1; margin: 0; }
-    FilterBar.-open { display: block; }
+    FilterBar { height: 1; border: none; padding: 0 0; margin: 0; width: 1fr; }
     """
     BINDINGS = [Binding("escape", "clear", "Clear filter", show=False)]
 
@@ -153,8 +170,8 @@ class FilterBar(Input):
         self.cursor_blink = False
 
     def open(self) -> None:
-        self.add_class("-open")
-        self.focus()
+        self.parent.add_class("-open")
+        self.screen.set_focus(self)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input is self:
@@ -163,11 +180,11 @@ class FilterBar(Input):
 
     def action_clear(self) -> None:
         self.value = ""
-        self.remove_class("-open")
+        self.parent.remove_class("-open")
         self.post_message(self.FilterChanged(""))
         self.screen.focus_main()  # type: ignore[attr-defined]
 
     async def action_submit(self) -> None:
         if not self.value:
-            self.remove_class("-open")
+            self.parent.remove_class("-open")
         self.screen.focus_main()  # type: ignore[attr-defined]
