@@ -340,3 +340,14 @@ async def test_keys_typed_in_one_burst_after_colon_reach_the_command_line():
             app.post_message(events.Key(key, char))
         await settle(pilot)
         assert app.screen.query_one("#insp-search").value == "d:p"
+
+
+async def test_a_stream_that_cannot_start_says_why():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        app.screen.query_one("#command-line").value = "stream nowhere:[/x]"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "unknown source 'nowhere:[/x]'" in screen_text(app), 10, "the reason")
+        assert "failed" in screen_text(app) and "Start" in screen_text(app)

@@ -186,6 +186,13 @@ class StreamScreen(BaseScreen):
             return
         self.seen_version = snap["version"]
         self.show_counters(snap)
+        running = snap["state"] in ("starting", "running")
+        button = self.query_one("#stream-go", Button)
+        if str(button.label) != ("Stop" if running else "Start"):
+            button.label = "Stop" if running else "Start"
+            self.refresh_bindings()
+        if snap["state"] == "failed" and not snap["latest"]:
+            self.query_one(Chart).clear_chart("no bars: the stream failed (the reason is above)")
         rows = []
         for (key, tf), values in sorted(snap["latest"].items()):
             warm, partial, gap = snap["flags"][(key, tf)]
