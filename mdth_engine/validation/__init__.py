@@ -5,7 +5,8 @@
 - ``candle_checks``: candles against their ticks, across timeframes, and their grids;
 - ``cross_source``: 1m candles against Binance klines;
 - ``report``: the stable report schema, ``report.parquet`` + ``summary.json`` per day;
-- ``coverage``: the days x instruments x data types grid the console and ``mdth gaps`` draw;
+- ``coverage``: the days x instruments x data types grid the console and ``mdth gaps`` draw (import
+  ``mdth_engine.validation.coverage.coverage``: the submodule shadows a package-level name);
 - ``fix``: the exact download requests for what is missing or broken.
 
 The stage that runs all of it per day is ``mdth_engine.stages.validate``.
@@ -17,7 +18,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "coverage": "mdth_engine.validation.coverage",
     "COVERAGE_SCHEMA": "mdth_engine.validation.coverage",
     "REPORT_SCHEMA": "mdth_engine.validation.report",
     "read_report": "mdth_engine.validation.report",
