@@ -290,3 +290,72 @@ def test_output_excerpts_match_in_order_with_wildcards():
     printed = "download: 63 units (6 empty, 57 written), 130,282 rows in 1.7 s\nvalidate: 3 day(s)\n"
     assert missing_output("download: 63 units ... rows in ... s\n...\nvalidate:  3 day(s)", printed) == []
     assert missing_output("validate: 3 day(s)\ndownload: 63 units", printed) == ["download: 63 units"]
+
+
+# --- errors a user can hit on the way say what to do next ------------------------------------------------------
+
+
+def _mdth(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from mdth_engine.cli import app
+
+    return CliRunner().invoke(app, args, env=env)
+
+
+@pytest.fixture
+def lake_copy(demo_lake: Path, tmp_path: Path) -> Path:
+    lake = tmp_path / "mdth-lake"
+    shutil.copytree(demo_lake, lake)
+    return lake
+
+
+def test_an_unknown_tardis_symbol_names_the_closest(docs_env, lake_copy):  # type: ignore[no-untyped-def]
+    args = ["download", "--start", "2024-03-01", "--dry-run", "--lake", str(lake_copy)]
+    result = _mdth([*args, "--symbols", "BTCUSDTX"], docs_env)
+    assert result.exit_code == 2
+    assert "Tardis symbol BTCUSDTX is not in the instrument master of 2024-03-01; did you mean BTCUSDT" in (
+        result.stderr
+    )
+    ok = _mdth([*args, "--symbols", "btcusdt", "--data-types", "trades"], docs_env)
+    assert ok.exit_code == 0 and "binance/trades/BTCUSDT" in ok.stdout  # any case, as Tardis writes it
+
+
+def test_units_that_produce_nothing_say_why(docs_env, tmp_path):  # type: ignore[no-untyped-def]
+    result = _mdth(
+        ["upload", "--start", "2024-04-01", "--timeframes", "1m", "--lake", str(tmp_path / "lake")], docs_env
+    )
+    assert result.exit_code == 0
+    assert (
+        "note: not_found: 2024-04-01/1m: no 1m candle files for 2024-04-01 in the lake (run mdth candles"
+        in (result.stderr)
+    )
+
+
+def test_sql_on_a_missing_table_lists_the_tables(docs_env, lake_copy):  # type: ignore[no-untyped-def]
+    result = _mdth(["sql", "SELECT * FROM candles_2m", "--lake", str(lake_copy)], docs_env)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "candles_2m does not exist" in line and "; tables: _loads, candles_15m," in line
+    assert "\n" not in line
+
+
+def test_busy_ports_and_a_missing_terminal_say_what_to_do(docs_env, lake_copy):  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        sim = _mdth(["sim", "serve", "--port", port], docs_env)
+        assert sim.exit_code == 2 and "pick another --port, or --port 0" in sim.stderr
+        source = "replay:BINANCE:SPOT_PAIR:BTC-USDT@2024-03-01"
+        serve = _mdth(
+            ["stream", "serve", "--source", source, "--port", port, "--lake", str(lake_copy)], docs_env
+        )
+        assert serve.exit_code == 2, serve.output
+        assert f"cannot serve on 127.0.0.1:{port}" in serve.stderr and "pick another --port" in serve.stderr
+    console = _mdth(["console", "--lake", str(lake_copy)], docs_env)  # CliRunner's stdin is no terminal
+    assert console.exit_code == 2 and "mdth console needs a terminal" in console.stderr
+    watch = _mdth(["jobs", "watch", "--lake", str(lake_copy.parent / "empty-lake")], docs_env)
+    assert watch.exit_code == 2 and "a job is what --shards N makes of" in watch.stderr

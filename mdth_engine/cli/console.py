@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -18,6 +19,11 @@ def open_console(ctx: typer.Context, lake: str | None, read_only: bool, theme: s
         app = MdthApp(lake=settings.lake, read_only=read_only, theme=theme)
     except ValueError as exc:  # an unknown theme
         raise UsageError(str(exc)) from None
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(
+            "mdth console needs a terminal (stdin and stdout a TTY; over SSH use ssh -t); "
+            "in scripts use the headless commands: mdth --help"
+        )
     app.run()
 
 

@@ -418,7 +418,10 @@ def watch(
     if job is None:
         ids = sorted(list_job_ids(store), key=lambda i: i.split("-", 1)[-1])
         if not ids:
-            raise UsageError(f"no jobs in {store.url}")
+            raise UsageError(
+                f"no jobs in {store.url}; a job is what --shards N makes of download, candles, upload "
+                "or validate --fix (check --lake if you expected some)"
+            )
         job = ids[-1]
     try:
         status = follow_rendered(

@@ -93,7 +93,11 @@ def serve(
         try:
             await sim.start()
         except OSError as exc:
-            typer.echo(f"mdth: error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+            typer.echo(
+                f"mdth: error: cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(is a simulator already running there? pick another --port, or --port 0 for any free one)",
+                err=True,
+            )
             raise typer.Exit(2) from None
         until = config.current_exported_until()
         typer.echo(

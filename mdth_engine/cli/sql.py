@@ -28,6 +28,23 @@ def _plain(value: Any, as_json: bool) -> Any:
     return value
 
 
+def _table_hint(wh: Any, message: str) -> str:
+    """What to write instead when a statement names a table the warehouse does not have."""
+    lowered = message.lower()
+    if "does not exist" not in lowered and "not found" not in lowered:
+        return ""
+    if not hasattr(wh, "tables"):  # BigQuery: tables are named in full
+        where = f"{getattr(wh, 'project', 'project')}.{getattr(wh, 'dataset', 'dataset')}"
+        return f"; on BigQuery name tables in full: `{where}.candles_1m`"
+    try:
+        names = wh.tables()
+    except Exception:
+        return ""
+    if not names:
+        return "; the warehouse is empty: load candles with mdth upload --start YYYY-MM-DD"
+    return f"; tables: {', '.join(names)}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sql")
     def sql(
@@ -65,6 +82,8 @@ def register(app: typer.Typer) -> None:
         wh = open_warehouse(settings.warehouse_url(), default_project=settings.gcp_project)
         try:
             table, cut = wh.query(text, limit)
+        except UsageError as exc:
+            raise UsageError(f"{exc}{_table_hint(wh, str(exc))}") from None
         finally:
             wh.close()
         columns = list(table.column_names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -241,7 +242,16 @@ async def _stream(source, symbols, timeframes, options, token_file, duration, as
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     written_token: Path | None = None
-    await stream.start()
+    try:
+        await stream.start()
+    except OSError as exc:
+        await stream.aclose()
+        if options["serve"] and exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise UsageError(
+                f"cannot serve on {options['host']}:{options['port']}: {exc.strerror or exc}; "
+                "pick another --port (0: any free port)"
+            ) from None
+        raise
     try:
         if stream.server is not None:
             written_token = _write_token(token_file, stream.token or "", stream.server.port)

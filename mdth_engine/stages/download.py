@@ -91,9 +91,20 @@ def select_instruments(table: pa.Table, request: Request, day: dt.date) -> pa.Ta
                 near = closest_keys(key, known)
                 hint = f"; did you mean {', '.join(near)}?" if near else ""
                 raise UsageError(f"{key} is not in the instrument master of {day}{hint}")
+        symbols = {str(s).upper() for s in table["tardis_symbol"].to_pylist() if s}
+        for symbol in wanted_symbols:
+            if symbol not in symbols:
+                import difflib
+
+                near = difflib.get_close_matches(symbol, sorted(symbols), n=5)
+                hint = f"; did you mean {', '.join(near)}?" if near else ""
+                raise UsageError(
+                    f"Tardis symbol {symbol} is not in the instrument master of {day}{hint} "
+                    "(or give a canonical key, e.g. BINANCE:SPOT_PAIR:BTC-USDT)"
+                )
         hit = pc.or_(
             pc.is_in(table["instrument_key"], pa.array(wanted_keys, pa.string())),
-            pc.is_in(table["tardis_symbol"], pa.array(wanted_symbols, pa.string())),
+            pc.is_in(pc.utf8_upper(table["tardis_symbol"]), pa.array(wanted_symbols, pa.string())),
         )
         mask = pc.and_(mask, hit)
     selected = table.filter(pc.fill_null(mask, False))
