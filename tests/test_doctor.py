@@ -21,7 +21,12 @@ def checks(proc):
 
 
 def test_all_good_against_the_simulator(sim_server, tmp_path):
-    env = {**os.environ, **sim_server.env(), "MDTH_LAKE": str(tmp_path / "lake"), "MDTH_TARDIS_API_KEY": "sk-doctor-secret"}
+    env = {
+        **os.environ,
+        **sim_server.env(),
+        "MDTH_LAKE": str(tmp_path / "lake"),
+        "MDTH_TARDIS_API_KEY": "sk-doctor-secret",
+    }
     proc = doctor(env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = checks(proc)
