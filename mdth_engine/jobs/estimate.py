@@ -127,7 +127,7 @@ def _keys(store: Any, day: dt.date) -> dict[tuple[str, str], list[str]]:
     """(tardis exchange, tardis symbol) -> instrument keys, from that day's instrument master (3 columns)."""
 
     def make() -> dict[tuple[str, str], list[str]]:
-        import pyarrow.parquet as pq
+        from mdth_engine.storage.parquet import read_whole
 
         path = layout.instruments_path(day)
         if not store.exists(path):
@@ -135,7 +135,7 @@ def _keys(store: Any, day: dt.date) -> dict[tuple[str, str], list[str]]:
         columns = ["tardis_exchange", "tardis_symbol", "instrument_key"]
         try:
             with store.open_read(path) as handle:
-                table = pq.read_table(handle, columns=columns)
+                table = read_whole(handle, columns=columns)
         except Exception:  # a master we cannot read only costs us the better estimate
             return {}
         out: dict[tuple[str, str], list[str]] = {}

@@ -21,6 +21,7 @@ from mdth_engine.core.errors import NotFound, UsageError
 from mdth_engine.jobs.spec import JobSpec
 from mdth_engine.stages.base import Outcome, WorkUnit
 from mdth_engine.storage import layout
+from mdth_engine.storage.parquet import read_whole
 
 # Shard states. A shard in a FINAL state has a worker that ended (or was given up on).
 PENDING, LAUNCHED, RUNNING = "pending", "launched", "running"
@@ -117,7 +118,7 @@ def write_plan(store: Any, job_id: str, units: Sequence[WorkUnit], assignment: d
 def read_plan_table(store: Any, job_id: str) -> pa.Table:
     try:
         with store.open_read(layout.job_plan_path(job_id)) as handle:
-            return pq.read_table(handle)
+            return read_whole(handle)
     except NotFound:
         raise UsageError(f"job {job_id} has no plan in {store.url}") from None
 
@@ -249,7 +250,7 @@ def write_results(store: Any, job_id: str, shard: int, seq: int, rows: list[dict
 def read_result_file(store: Any, path: str) -> list[dict[str, Any]]:
     try:
         with store.open_read(path) as handle:
-            return pq.read_table(handle).to_pylist()
+            return read_whole(handle).to_pylist()
     except NotFound:
         return []
 

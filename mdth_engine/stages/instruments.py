@@ -355,12 +355,12 @@ class InstrumentsStage:
 
 def read_instruments(store: Any, path: str) -> pa.Table | None:
     """The day's master as written, or None when that day was never built."""
-    import pyarrow.parquet as pq
+    from mdth_engine.storage.parquet import read_whole
 
     if not store.exists(path):
         return None
     with store.open_read(path) as handle:
-        return pq.read_table(handle, schema=INSTRUMENTS_SCHEMA)
+        return read_whole(handle, schema=INSTRUMENTS_SCHEMA)
 
 
 def make_stage(ctx: Any) -> InstrumentsStage:

@@ -343,6 +343,25 @@ def provenance_of(metadata: pq.FileMetaData) -> dict[str, str]:
     return out
 
 
+def read_whole(handle: Any, *, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+    """A whole small Parquet file (or some columns) from an open file object, synchronously.
+
+    Not ``pq.read_table``: on a Python file object its dataset scanner leaves read-ahead futures on Arrow's
+    I/O threads that can outlive the call; if the interpreter is exiting when one completes, releasing the
+    file needs the GIL and the process aborts ("terminate called without an active exception"). With
+    ``schema``, the table is projected onto it (columns the file lacks are nulls), as ``read_table`` does.
+    """
+    reader = pq.ParquetFile(handle)
+    if schema is None:
+        return reader.read(columns=columns, use_threads=False)
+    present = set(reader.schema_arrow.names)
+    table = reader.read(columns=[n for n in schema.names if n in present], use_threads=False)
+    arrays = [
+        table[f.name].cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def read_provenance(store: ObjectStore, path: str) -> dict[str, str] | None:
     """Provenance from the footer alone; None if the object does not exist."""
     try:
