@@ -290,7 +290,9 @@ def roll_day(store: Any, day: dt.date, *, spool_dir: Any = None) -> list[dict[st
         local = store.local_path(path)
         if local is not None:
             return pq.read_table(local)
-        return pq.read_table(pa.BufferReader(store.get_bytes(path)))
+        from mdth_engine.storage.parquet import read_whole
+
+        return read_whole(pa.BufferReader(store.get_bytes(path)))  # read_table's threads could abort at exit
 
     gaps = _gaps([read(p) for p in sorted(status_parts)])
     results = []
