@@ -72,8 +72,9 @@ def _bucket_names() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def cloud(gcs_emulator_session) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
-    """The GCS emulator (with every bucket the pages name), and BigQuery and Compute Engine stand-ins."""
+def cloud(gcs_emulator_session) -> Iterator[tuple[dict[str, str], ComputeStandIn]]:  # type: ignore[no-untyped-def]
+    """The GCS emulator (with every bucket the pages name), BigQuery and Compute Engine stand-ins: the
+    environment that points mdth at them, and the Compute stand-in (it boots VMs with the runner's env)."""
     for name in _bucket_names():
         try:
             gcs_emulator_session.create_bucket(name)
@@ -85,17 +86,18 @@ def cloud(gcs_emulator_session) -> Iterator[dict[str, str]]:  # type: ignore[no-
         ComputeStandIn(project=GCP_PROJECT, zone=GCP_ZONE, secrets=secrets) as compute,
         BigQueryStandin(gcs_endpoint=gcs_emulator_session.url) as bigquery,
     ):
-        yield {
+        env = {
             "STORAGE_EMULATOR_HOST": gcs_emulator_session.url,
             "MDTH_GCE_API_ENDPOINT": compute.url,
             "MDTH_BIGQUERY_API_ENDPOINT": bigquery.endpoint,
-            "_compute": compute,  # type: ignore[dict-item]
         }
+        yield env, compute
 
 
 @pytest.fixture(scope="module")
 def docs_env(sim_server, sim_cache_dir, cloud, tmp_path_factory) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """The environment every page runs with: the simulator, the emulators, the venv first on PATH."""
+    cloud_env, compute = cloud
     env = {k: v for k, v in os.environ.items() if not _DROPPED.match(k)}
     home = tmp_path_factory.mktemp("docs-home")
     env.update(
@@ -112,12 +114,12 @@ def docs_env(sim_server, sim_cache_dir, cloud, tmp_path_factory) -> dict[str, st
             # jobs report quickly enough for a test (a real VM heartbeats every few seconds)
             "MDTH_WORKER_HEARTBEAT_S": "0.5",
             "MDTH_GCE_STATUS_TTL": "0",
-            **{k: v for k, v in cloud.items() if not k.startswith("_")},
+            **cloud_env,
         }
     )
     env.pop("PYTHONPATH", None)
     # The stand-in "boots" a VM by running its startup script here: give it what a real VM would reach.
-    cloud["_compute"].boot_env = {  # type: ignore[union-attr]
+    compute.boot_env = {
         k: env[k]
         for k in (
             "PATH",
@@ -152,9 +154,14 @@ PARALLEL_PAGES = 3  # pages spend most of their time waiting (job polls, stream 
 
 
 @pytest.fixture(scope="module")
-def page_runs(docs_env, demo_lake, tmp_path_factory) -> Iterator[dict[Path, Future]]:  # type: ignore[no-untyped-def]
-    """Every page started at once on a few threads, each in its own folder with a copy of the demo lake;
-    a page's test waits for its own result (failures, and the log of what ran)."""
+def page_runs(request, docs_env, demo_lake, tmp_path_factory) -> Iterator[dict[Path, Future]]:  # type: ignore[no-untyped-def]
+    """Every selected page started at once on a few threads, each in its own folder with a copy of the demo
+    lake; a page's test waits for its own result (failures, and the log of what ran)."""
+    selected = [
+        item.callspec.params["page"]
+        for item in request.session.items
+        if item.originalname == "test_every_command_of_the_page_runs" and hasattr(item, "callspec")
+    ]
 
     def run(page: Path) -> tuple[list[str], list[str]]:
         workdir = tmp_path_factory.mktemp("docs-page") / "work"
@@ -165,7 +172,7 @@ def page_runs(docs_env, demo_lake, tmp_path_factory) -> Iterator[dict[Path, Futu
         return failures, log
 
     with ThreadPoolExecutor(PARALLEL_PAGES, thread_name_prefix="docs-page") as pool:
-        yield {page: pool.submit(run, page) for page in doc_pages()}
+        yield {page: pool.submit(run, page) for page in selected}
 
 
 @pytest.mark.parametrize("page", doc_pages(), ids=_page_id)
