@@ -230,13 +230,12 @@ def write_report(
 
 def read_report(store: Any, day: dt.date) -> pa.Table | None:
     """A day's report as written, or None when that day was never validated."""
-    import pyarrow.parquet as pq
-
     from mdth_engine.core.errors import NotFound
+    from mdth_engine.storage.parquet import read_whole
 
     try:
         with store.open_read(layout.report_path(day)) as handle:
-            return pq.read_table(handle, schema=REPORT_SCHEMA)
+            return read_whole(handle, schema=REPORT_SCHEMA)
     except NotFound:
         return None
 
