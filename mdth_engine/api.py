@@ -528,10 +528,9 @@ def start_pipeline(request: Request, settings: Settings, *, shards: int = 1, bac
         raise UsageError(f"shards must be at least 1, got {shards}")
     name = new_job_id("pipeline")
     log = Path(tempfile.gettempdir()) / "mdth-pipelines" / f"{name}.log"
-    # os._exit once the records are written: no C++ static destructor (DuckDB, Arrow pools) runs at exit
     code = (
-        "import os, sys; from mdth_engine.api import pipeline_main; c = pipeline_main(sys.argv[1:]); "
-        "sys.stdout.flush(); os._exit(c)"
+        "import sys; from mdth_engine.api import pipeline_main; from mdth_engine.core.shutdown import leave; "
+        "leave(pipeline_main(sys.argv[1:]))"
     )
     body = json.dumps({"request": request.to_dict(), "shards": shards, "backend": backend})
     pid = _spawn_detached([sys.executable, "-c", code, settings.lake, body], log)

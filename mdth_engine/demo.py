@@ -61,4 +61,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mdth_engine.core.shutdown import leave
+
+    leave(main())

@@ -63,3 +63,27 @@ def test_lake_ls_counts_files_and_bytes_per_area_and_day(tmp_path):
     assert by_area[("instrument_availability", "")]["files"] == 1
     empty = runner.invoke(app, ["lake", "ls", "--lake", str(tmp_path / "nothing")])
     assert empty.exit_code == 0 and "empty" in empty.output
+
+
+def test_processes_leave_with_their_code_after_exit_handlers_and_flushed_output():
+    """`core.shutdown.leave` skips native teardown, but not atexit handlers nor buffered output."""
+    code = (
+        "import atexit, sys; from mdth_engine.core.shutdown import leave; "
+        "atexit.register(lambda: print('handler ran')); sys.stdout.write('unflushed '); "
+        "sys.stderr.write('said '); leave(3)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert proc.stdout == "unflushed handler ran\n" and proc.stderr == "said "
+
+
+def test_the_mdth_script_keeps_click_exit_codes():
+    """`main()` ends through `leave`: 0 for --version, 2 for a usage error Click itself reports."""
+    ok = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", "--version"], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == f"mdth {__version__}"
+    bad = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", "--no-such-flag"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "no-such-flag" in bad.stderr

@@ -92,4 +92,12 @@ _register()
 
 
 def main() -> None:
-    app(prog_name="mdth")
+    """The ``mdth`` script: run the command, then leave with its exit code (see ``core.shutdown``)."""
+    from mdth_engine.core.shutdown import exit_code_of, leave
+
+    try:
+        app(prog_name="mdth")
+        code = 0
+    except SystemExit as exc:
+        code = exit_code_of(exc)
+    leave(code)
