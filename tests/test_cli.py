@@ -38,6 +38,11 @@ def test_usage_errors_exit_2_with_one_line(tmp_path):
             "unknown venue",
         ),
         (["lake", "ls", "--lake", "s3://bucket/x"], "s3://bucket/x"),
+        # Click's own usage errors: one line too, not Typer's framed panel
+        (["download", "--start", "2024-01-01", "--shards", "many"], "'--shards'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["jobs", "show"], "Missing argument"),
+        (["instruments", "--start"], "'--start' requires an argument"),
     ]:
         proc = mdth(*args)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -12,9 +12,30 @@ from mdth_engine import __version__
 from mdth_engine.cli.common import CliState, state
 from mdth_engine.core.errors import MdthError
 
+try:  # Typer vendors Click since 0.2x; before, it depended on the click package
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError
+
+
+def _one_line(exc: ClickException) -> typer.Exit:
+    """A Click usage error as mdth's one line (not Typer's framed panel), with where to look for help."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} -h')" if isinstance(exc, UsageError) and ctx is not None else ""
+    typer.echo(f"mdth: error: {message}{hint}", err=True)
+    return typer.Exit(exc.exit_code)
+
 
 class _Group(TyperGroup):
-    """Turns an ``MdthError`` anywhere below into its one-line reason and exit code (2 for usage errors)."""
+    """Turns an ``MdthError`` or a Click usage error anywhere below into its one-line reason and exit code
+    (2 for usage errors)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def,override]
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except ClickException as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
@@ -22,6 +43,8 @@ class _Group(TyperGroup):
         except MdthError as exc:
             typer.echo(f"mdth: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except ClickException as exc:
+            raise _one_line(exc) from None
 
 
 app = typer.Typer(
