@@ -54,6 +54,8 @@ def _arrow_to_bq(typ: pa.DataType) -> str:
         typ = typ.value_type
     if pa.types.is_integer(typ):
         return "INTEGER"
+    if pa.types.is_decimal(typ):  # DuckDB's SUM over BIGINT is HUGEINT; BigQuery's SUM over INT64 is INT64
+        return "INTEGER" if typ.scale == 0 else "NUMERIC"
     if pa.types.is_floating(typ):
         return "FLOAT"
     if pa.types.is_boolean(typ):

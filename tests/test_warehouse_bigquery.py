@@ -309,11 +309,15 @@ def test_mdth_sql_against_bigquery(bq, local_store, tmp_path):
     asyncio.run(upload(context(local_store, tmp_path), warehouse(bq), D1, D1, ("1h",)))
     url = f"bigquery://{PROJECT}/{DATASET}?location=EU&endpoint={bq.endpoint}"
     runner = CliRunner()
-    sql = f"SELECT instrument_key, count(*) AS n FROM `{PROJECT}.{DATASET}.candles_1h` GROUP BY 1 ORDER BY 1"
+    # an integer SUM is INT64 in BigQuery (the stand-in's DuckDB makes it HUGEINT and answers INTEGER too)
+    sql = (
+        f"SELECT instrument_key, count(*) AS n, SUM(1) AS ones FROM `{PROJECT}.{DATASET}.candles_1h` "
+        "GROUP BY 1 ORDER BY 1"
+    )
     result = runner.invoke(app, ["sql", sql, "--warehouse", url, "--json"])
     assert result.exit_code == 0, result.output
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
-        {"instrument_key": k, "n": 24} for k in sorted(KEYS[:2])
+        {"instrument_key": k, "n": 24, "ones": 24} for k in sorted(KEYS[:2])
     ]
     bad = runner.invoke(app, ["sql", "SELEC nonsense", "--warehouse", url])
     assert bad.exit_code == 2 and "SQL error" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
