@@ -420,3 +420,21 @@ def test_a_narrower_run_keeps_the_other_rows_of_the_days_report(sim_server, clea
         (r["instrument_key"], r["data_type"]) for r in narrow.to_pylist() if r["validated_at"] == newest
     }
     assert refreshed == {(SPOT, "trades"), (SPOT, "candles")}
+
+
+def test_a_narrower_run_is_judged_on_what_it_checked(sim_server, clean_lake, tmp_path):
+    """The day's report keeps an earlier run's error elsewhere; the narrower run's exit and counts are its own."""
+    lake = copy_lake(clean_lake, tmp_path)
+    book = open_store(str(lake)).local_path(layout.raw_path(DAY, "book_snapshot_5", PERP))
+    book.write_bytes(book.read_bytes()[: book.stat().st_size // 2])  # truncated
+    env = cli_env(sim_server, lake)
+    base = ["validate", "--date", str(DAY), "--json"]
+    wide = mdth(*base, "--symbols", ",".join(SYMBOLS), "--data-types", ",".join(TYPES), env=env)
+    assert wide.returncode == 1, wide.stderr
+    narrow = mdth(*base, "--symbols", SPOT, "--data-types", "trades", env=env)
+    assert narrow.returncode == 0, narrow.stderr
+    events = [json.loads(line) for line in narrow.stdout.splitlines() if line.startswith("{")]
+    final = [e for e in events if e.get("kind") == "summary"][-1]
+    assert (final["errors"], final["exit_code"]) == (0, 0)
+    day = next(e for e in events if e.get("kind") == "day")
+    assert day["status"] == "error" and any(PERP in line and "book_snapshot_5" in line for line in day["errors"])

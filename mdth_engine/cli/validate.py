@@ -379,8 +379,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _final_line(table: Any, summaries: list[dict[str, Any]], code: int, as_json: bool) -> None:
-    errors = sum(s.get("counts", {}).get("error", 0) for s in summaries)
-    warnings = sum(s.get("counts", {}).get("warn", 0) for s in summaries)
+    """This run's counts (the exit code's rows); a day's summary also holds rows of earlier, wider runs."""
+    statuses = table["status"].to_pylist() if table.num_rows else []
+    errors, warnings = statuses.count("error"), statuses.count("warn")
     if as_json:
         print_json(
             {

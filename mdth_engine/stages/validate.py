@@ -369,6 +369,7 @@ class ValidateStage:
         day = unit.day
         now = dt.datetime.now(dt.UTC)
         table = rp.to_table(day, checks, now)
+        mine = rp.summarize(day, table)  # this run's checks: its outcome, whatever earlier runs left
         old = rp.read_report(self.ctx.store, day) if master is not None else None
         if old is not None and old.num_rows:
             keep = self._kept(old, covered, candle_keys, master, _instrument_selective(request))
@@ -395,15 +396,16 @@ class ValidateStage:
             "selection": selection,
         }
         written = rp.write_report(self.ctx.store, day, table, provenance, summary)
-        errors, warnings = summary["counts"][rp.ERROR], summary["counts"][rp.WARN]
+        errors, warnings = mine["counts"][rp.ERROR], mine["counts"][rp.WARN]
         result_extra = {
-            "status": summary["status"],
+            "status": mine["status"],
             "errors": errors,
             "warnings": warnings,
-            "classes": summary["classes"],
+            "classes": mine["classes"],
+            "day_status": summary["status"],  # with the rows of earlier, wider runs this one did not re-check
         }
         if errors:
-            reason = f"{errors} error(s), {warnings} warning(s); first: {summary['errors'][0]} (report: {unit.output})"
+            reason = f"{errors} error(s), {warnings} warning(s); first: {mine['errors'][0]} (report: {unit.output})"
             return UnitResult(
                 unit.unit_id,
                 Outcome.FAILED,
