@@ -437,4 +437,6 @@ def test_a_narrower_run_is_judged_on_what_it_checked(sim_server, clean_lake, tmp
     final = [e for e in events if e.get("kind") == "summary"][-1]
     assert (final["errors"], final["exit_code"]) == (0, 0)
     day = next(e for e in events if e.get("kind") == "day")
-    assert day["status"] == "error" and any(PERP in line and "book_snapshot_5" in line for line in day["errors"])
+    assert day["status"] == "error" and any(
+        PERP in line and "book_snapshot_5" in line for line in day["errors"]
+    )
