@@ -51,3 +51,21 @@ def local_store(tmp_path: Path):  # type: ignore[no-untyped-def]
 def store(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Each store implementation in turn: tests using it are the store contract."""
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process the way mdth's own processes end (``core.shutdown.leave``), after pytest's summary.
+
+    The suite runs Arrow and DuckDB in this process; their native pools can abort an interpreter at teardown
+    (apache/arrow#34314) after every test has passed. The exit code stays pytest's own.
+    """
+    from mdth_engine.core.shutdown import leave
+
+    session = getattr(config, "_mdth_session", None)
+    if session is not None:
+        leave(int(session.exitstatus))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._mdth_session = session  # type: ignore[attr-defined]

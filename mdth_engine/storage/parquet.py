@@ -344,12 +344,10 @@ def provenance_of(metadata: pq.FileMetaData) -> dict[str, str]:
 
 
 def read_whole(handle: Any, *, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
-    """A whole small Parquet file (or some columns) from an open file object, synchronously.
+    """A whole small Parquet file (or some columns) from an open file object, on the calling thread.
 
-    Not ``pq.read_table``: on a Python file object its dataset scanner leaves read-ahead futures on Arrow's
-    I/O threads that can outlive the call; if the interpreter is exiting when one completes, releasing the
-    file needs the GIL and the process aborts ("terminate called without an active exception"). With
-    ``schema``, the table is projected onto it (columns the file lacks are nulls), as ``read_table`` does.
+    Small files need none of ``pq.read_table``'s dataset machinery and read-ahead threads. With ``schema``,
+    the table is projected onto it (columns the file lacks are nulls), as ``read_table`` does.
     """
     reader = pq.ParquetFile(handle)
     if schema is None:
