@@ -713,6 +713,8 @@ def rss():
 base = rss()
 result = convert_file(src, "trades", exchange="binance-futures", symbol="BTCUSDT", sink=lambda g, b: None)
 print(json.dumps({"rows": result.rows, "text_mb": len(block) * 400 // 2**20, "base": base, "peak": hwm()}))
+from mdth_engine.core.shutdown import leave
+leave(0)  # as mdth's processes end: no native teardown (see core.shutdown)
 """
 
 
@@ -791,6 +793,8 @@ for name, data_type, exchange, symbol in [
     src.write_bytes(gzip.compress((Path(sys.argv[2]) / name).read_bytes()))
     convert_file(src, data_type, exchange=exchange, symbol=symbol, sink=lambda g, b: None)
 print("pandas" in sys.modules)
+from mdth_engine.core.shutdown import leave
+leave(0)  # as mdth's processes end: no native teardown (see core.shutdown)
 """
 
 

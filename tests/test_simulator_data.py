@@ -350,6 +350,7 @@ def _digest_script(items: list[tuple[str, str, str, str]]) -> str:
         "from mdth_engine.simulator.datasets import dataset_bytes\n"
         f"for ex, t, day, sym in {items!r}:\n"
         "    print(hashlib.sha256(dataset_bytes(ex, t, dt.date.fromisoformat(day), sym)).hexdigest())\n"
+        "from mdth_engine.core.shutdown import leave\nleave(0)\n"
     )
 
 
