@@ -204,3 +204,26 @@ def test_cli_download_prints_a_summary_and_exit_code(sim_server, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "download: 1 units (1 written)" in proc.stdout
+
+
+def test_a_rerun_plans_present_files_as_cheap_so_shards_balance_what_is_left(sim_server, tmp_path):
+    """A unit whose output is already in the lake is estimated at a footer check; --force plans it in full."""
+    import os
+
+    from mdth_engine.jobs.estimate import PRESENT_BYTES
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    base = ["download", "--start", str(DAY), "--data-types", "trades"]
+    assert mdth(*base, "--symbols", SYMBOLS[0], env=env).returncode == 0
+
+    def estimates(*extra: str) -> dict[str, int]:
+        proc = mdth("--json", *base, "--symbols", ",".join(SYMBOLS[:2]), "--dry-run", *extra, env=env)
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        return {u["unit_id"]: u["est_bytes"] for u in lines if u["kind"] == "plan_unit"}
+
+    done, left = f"{DAY}/binance/trades/BTCUSDT", f"{DAY}/binance-futures/trades/BTCUSDT"
+    planned = estimates()
+    assert planned[done] == PRESENT_BYTES and planned[left] > 100 * PRESENT_BYTES
+    forced = estimates("--force")
+    assert forced[done] > 100 * PRESENT_BYTES and forced[left] == planned[left]

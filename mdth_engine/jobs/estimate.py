@@ -54,6 +54,10 @@ _MAJOR_FACTOR = {"BTC": 20.0, "ETH": 10.0}  # BTC pairs trade 20-100x a mid-cap 
 LOOKBACK_DAYS = 7
 SAMPLE_DAYS = 3  # the median of the file's size on up to this many earlier days: one odd day does not skew it
 
+# A unit whose every output is already in the lake costs a footer check, not a download: a rerun after a partial
+# backfill balances what is left to fetch.
+PRESENT_BYTES = 64 * 1024
+
 _CACHE_TTL_S = 120.0
 _CACHE_MAX = 4096
 
@@ -121,6 +125,11 @@ def _sizes(store: Any, day: dt.date, data_type: str) -> dict[str, int]:
         return out
 
     return _cache.get_or((store.url, "sizes", day, data_type), make)
+
+
+def present_keys(store: Any, day: dt.date, data_type: str) -> set[str]:
+    """Instrument keys whose (day, data type) file is already in the lake (the listing estimates share)."""
+    return set(_sizes(store, day, data_type))
 
 
 def _keys(store: Any, day: dt.date) -> dict[tuple[str, str], list[str]]:

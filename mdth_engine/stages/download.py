@@ -141,7 +141,9 @@ class DownloadStage:
     def _units_for_day(
         self, day: dt.date, chosen: pa.Table, data_types: list[str], request: Request
     ) -> list[WorkUnit]:
-        from mdth_engine.jobs.estimate import estimate_bytes
+        from mdth_engine.jobs.estimate import PRESENT_BYTES, estimate_bytes, present_keys
+
+        force = bool(request.options.get("force"))
 
         by_source: dict[tuple[str, str, str], dict[str, Any]] = {}
         for row in chosen.to_pylist():
@@ -160,7 +162,11 @@ class DownloadStage:
         for (exchange, data_type, symbol), entry in sorted(by_source.items()):
             row = entry["row"]
             outputs = dict(sorted(entry["outputs"].items()))
-            est = estimate_bytes(self.ctx.store, data_type, row["instrument_type"], exchange, symbol, day)
+            present = set() if force else present_keys(self.ctx.store, day, data_type)
+            if present.issuperset(outputs):  # skipped when it runs (unless a file turns out damaged)
+                est = PRESENT_BYTES
+            else:
+                est = estimate_bytes(self.ctx.store, data_type, row["instrument_type"], exchange, symbol, day)
             units.append(
                 WorkUnit(
                     self.name,
@@ -173,7 +179,7 @@ class DownloadStage:
                         "data_type": data_type,
                         "symbol": symbol,
                         "outputs": outputs,
-                        "force": bool(request.options.get("force")),
+                        "force": force,
                         "on_bad_rows": request.options.get("on_bad_rows", "fail"),
                     },
                 )
