@@ -1,6 +1,6 @@
 """A loopback STAND-IN for the Compute Engine REST API, the VM metadata server and Secret Manager.
 
-It is not Google: it implements just what mdth's GCE backend and ``deploy/startup.sh`` use, and checks the
+It is not Google: it implements just what mdth's GCE backend and ``mdth_engine/jobs/backends/startup.sh`` use, and checks the
 requests it receives the way the real API would (names, machine type and image paths, labels, decimal
 operation ids). The real google-cloud-compute client is pointed at it with ``client_options.api_endpoint``.
 

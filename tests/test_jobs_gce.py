@@ -1,6 +1,6 @@
 """The GCE backend with the real google-cloud-compute client against a loopback STAND-IN of the Compute REST
 API (tests/compute_standin.py; it is not Google). The stand-in "boots" each VM by running the startup script
-from the instance's metadata (deploy/startup.sh) on this machine, with its own metadata server and Secret
+from the instance's metadata (mdth_engine/jobs/backends/startup.sh) on this machine, with its own metadata server and Secret
 Manager, so the script's key handling and self-deletion run for real."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_gce_job_launch_preemption_relaunch_and_cleanup(api: ComputeStandIn, fak
     # --- what the real client sent ---
     inserts = api.inserts()
     assert [b["name"] for b in inserts] == [f"mdth-{spec.job_id}-s0-a1", f"mdth-{spec.job_id}-s1-a1"]
-    startup = (REPO / "deploy" / "startup.sh").read_text()
+    startup = (REPO / "mdth_engine" / "jobs" / "backends" / "startup.sh").read_text()
     for shard, body in enumerate(inserts):
         assert body["machineType"] == "zones/europe-west1-b/machineTypes/e2-standard-8"
         assert body["labels"] == {

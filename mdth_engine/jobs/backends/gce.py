@@ -1,7 +1,7 @@
 """Shards on Compute Engine: one VM per shard attempt, through the real google-cloud-compute client.
 
 The VM gets the machine type, image, zone, service account and Spot choice from settings, labels naming
-the job, shard and attempt, and ``deploy/startup.sh`` as its startup script; the script reads the Tardis
+the job, shard and attempt, and ``startup.sh`` (next to this module) as its startup script; the script reads the Tardis
 key from Secret Manager with the VM's service account (only the secret's *name* is in metadata), runs the
 worker, and deletes its own VM when the shard ends.
 
@@ -45,15 +45,16 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def startup_script_path() -> Path:
-    """``deploy/startup.sh`` of this checkout, or the file ``MDTH_GCE_STARTUP_SCRIPT`` names."""
+def startup_script() -> str:
+    """The VMs' startup script: the one shipped in this package, or the file ``MDTH_GCE_STARTUP_SCRIPT`` names."""
+    from importlib.resources import files
+
     named = os.environ.get("MDTH_GCE_STARTUP_SCRIPT")
-    candidates = [Path(named)] if named else []
-    candidates.append(Path(__file__).resolve().parents[3] / "deploy" / "startup.sh")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise UsageError("cannot find deploy/startup.sh: set MDTH_GCE_STARTUP_SCRIPT to its path")
+    if named:
+        if not Path(named).is_file():
+            raise UsageError(f"MDTH_GCE_STARTUP_SCRIPT names no file: {named}")
+        return Path(named).read_text()
+    return (files(__package__) / "startup.sh").read_text()
 
 
 def vm_name(job_id: str, shard: int, attempt: int) -> str:
@@ -145,7 +146,7 @@ class GceBackend:
         zone = self.zone
         name = vm_name(spec.job_id, shard, attempt)
         items = {
-            "startup-script": startup_script_path().read_text(),
+            "startup-script": startup_script(),
             "mdth-job": spec.job_id,
             "mdth-shard": str(shard),
             "mdth-attempt": str(attempt),
