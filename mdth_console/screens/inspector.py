@@ -101,9 +101,6 @@ class InspectorScreen(BaseScreen):
                         yield Chart("no candles for this day", id="insp-chart")
 
     def on_mount(self) -> None:
-        table = self.query_one("#insp-def", DataTable)
-        table.add_column("field", key="field")
-        table.add_column("value", key="value")
         self.load_master(None)
         self.focus_main()
 
@@ -260,15 +257,17 @@ class InspectorScreen(BaseScreen):
 
     def show_definition(self, definition: dict[str, Any]) -> None:
         table = self.query_one("#insp-def", DataTable)
+        rows = [
+            (plain(name, "dim"), plain(_cell(value) if not isinstance(value, dt.datetime) else timestamp(value)))
+            for name, value in definition.items()
+            if value not in (None, "", [])
+        ]
         with self.app.batch_update():
-            table.clear()
-            for name, value in definition.items():
-                if value in (None, "", []):
-                    continue
-                table.add_row(
-                    plain(name, "dim"),
-                    plain(_cell(value) if not isinstance(value, dt.datetime) else timestamp(value)),
-                )
+            # Widths from the content now, not on the table's next idle: a busy app could show "instr" for a while.
+            table.clear(columns=True)
+            for key, column in (("field", 0), ("value", 1)):
+                table.add_column(key, key=key, width=max((r[column].cell_len for r in rows), default=len(key)))
+            table.add_rows(rows)
 
     def show_calendar(self, report: dict[str, Any]) -> None:
         table = self.query_one("#insp-cal", DataTable)
