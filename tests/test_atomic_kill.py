@@ -96,7 +96,10 @@ def verify(store: LocalStore, path: str, full: bool) -> int:
 def _seconds_per_file(root: Path, env: dict[str, str]) -> float:
     """How long the writer takes for one file on this machine now (a loaded CI box is several times slower)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(root), "999", str(T0_US)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", WRITER, str(root), "999", str(T0_US)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "started"

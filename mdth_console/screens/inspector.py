@@ -258,7 +258,10 @@ class InspectorScreen(BaseScreen):
     def show_definition(self, definition: dict[str, Any]) -> None:
         table = self.query_one("#insp-def", DataTable)
         rows = [
-            (plain(name, "dim"), plain(_cell(value) if not isinstance(value, dt.datetime) else timestamp(value)))
+            (
+                plain(name, "dim"),
+                plain(_cell(value) if not isinstance(value, dt.datetime) else timestamp(value)),
+            )
             for name, value in definition.items()
             if value not in (None, "", [])
         ]
@@ -266,7 +269,9 @@ class InspectorScreen(BaseScreen):
             # Widths from the content now, not on the table's next idle: a busy app could show "instr" for a while.
             table.clear(columns=True)
             for key, column in (("field", 0), ("value", 1)):
-                table.add_column(key, key=key, width=max((r[column].cell_len for r in rows), default=len(key)))
+                table.add_column(
+                    key, key=key, width=max((r[column].cell_len for r in rows), default=len(key))
+                )
             table.add_rows(rows)
 
     def show_calendar(self, report: dict[str, Any]) -> None:
