@@ -14,6 +14,7 @@ import test_jobs_support as support
 from compute_standin import ComputeStandIn
 from test_jobs_support import fake_request, lake_files, unit_bytes
 
+import mdth_engine
 from mdth_engine.core.errors import UsageError
 from mdth_engine.core.events import Event, Kind
 from mdth_engine.core.settings import load_settings
@@ -52,6 +53,8 @@ def _settings(lake: Path):
         gce_spot=True,
         tardis_api_key_secret="tardis-key",
         concurrency=1,
+        gce_disk_gb=80,
+        gce_network="global/networks/mdth-net",
     )
 
 
@@ -82,8 +85,11 @@ def test_gce_job_launch_preemption_relaunch_and_cleanup(api: ComputeStandIn, fak
             body["disks"][0]["boot"]
             and body["disks"][0]["initializeParams"]["sourceImage"] == settings.gce_image
         )
+        assert int(body["disks"][0]["initializeParams"]["diskSizeGb"]) == 80
+        assert body["networkInterfaces"][0]["network"] == "global/networks/mdth-net"
         items = {i["key"]: i["value"] for i in body["metadata"]["items"]}
         assert items["startup-script"] == startup
+        assert items["mdth-pip-spec"] == f"mdth[gcp]=={mdth_engine.__version__}"  # MDTH_GCE_PIP_SPEC unset
         assert items["mdth-job"] == spec.job_id and items["mdth-shard"] == str(shard)
         assert items["mdth-lake"] == store.url and items["mdth-tardis-key-secret"] == "tardis-key"
         assert KEY not in json.dumps(body)  # the key is never in metadata

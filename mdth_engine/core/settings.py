@@ -58,6 +58,16 @@ class Settings(BaseSettings):
         None,
         description="Container image with mdth for shard VMs (else the startup script pip-installs mdth).",
     )
+    gce_pip_spec: str | None = Field(
+        None,
+        description="What shard VMs pip-install without a worker image (default: mdth[gcp]==<this version>).",
+    )
+    gce_disk_gb: int = Field(
+        50, ge=10, le=65536, description="Boot disk of shard VMs in GB (pd-balanced); downloads spool there."
+    )
+    gce_network: str = Field(
+        "global/networks/default", description="Network of shard VMs (each gets an ephemeral external IP)."
+    )
     concurrency: int = Field(8, ge=1, le=256, description="Work units in flight per worker.")
     binance_ws_url: str = Field(
         "wss://stream.binance.com:9443", description="Binance spot WebSocket (live streams)."

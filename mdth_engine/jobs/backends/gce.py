@@ -152,7 +152,7 @@ class GceBackend:
             "mdth-attempt": str(attempt),
             "mdth-lake": self.store.url,
             "mdth-version": __version__,
-            "mdth-pip-spec": os.environ.get("MDTH_GCE_PIP_SPEC", f"mdth[gcp]=={__version__}"),
+            "mdth-pip-spec": s.gce_pip_spec or f"mdth[gcp]=={__version__}",
         }
         if s.tardis_api_key_secret:
             items["mdth-tardis-key-secret"] = (
@@ -173,7 +173,6 @@ class GceBackend:
             scheduling = compute_v1.Scheduling(
                 provisioning_model="STANDARD", automatic_restart=True, on_host_maintenance="MIGRATE"
             )
-        disk_gb = int(os.environ.get("MDTH_GCE_DISK_GB", "50"))
         return compute_v1.Instance(
             name=name,
             machine_type=f"zones/{zone}/machineTypes/{s.gce_machine_type}",
@@ -183,14 +182,14 @@ class GceBackend:
                     auto_delete=True,
                     initialize_params=compute_v1.AttachedDiskInitializeParams(
                         source_image=s.gce_image,
-                        disk_size_gb=disk_gb,
+                        disk_size_gb=s.gce_disk_gb,
                         disk_type=f"zones/{zone}/diskTypes/pd-balanced",
                     ),
                 )
             ],
             network_interfaces=[
                 compute_v1.NetworkInterface(
-                    network=os.environ.get("MDTH_GCE_NETWORK", "global/networks/default"),
+                    network=s.gce_network,
                     access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
                 )
             ],
