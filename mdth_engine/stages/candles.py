@@ -131,7 +131,7 @@ class CandlesStage:
         p = unit.params
         key: str = p["key"]
         outputs = {tf: layout.candles_path(unit.day, tf, key) for tf in p["timeframes"]}
-        inputs = self._inputs(unit.day, key, p["inputs"])
+        inputs = self.input_files(unit.day, key, p["inputs"])
         if not any(item["role"] == "day" for item in inputs):
             return UnitResult(
                 unit.unit_id,
@@ -144,7 +144,7 @@ class CandlesStage:
         tables, input_rows = self._read_inputs(unit.day, p["inputs"], inputs)
         return self._build_and_write(unit, key, outputs, inputs, tables, input_rows, FEATURE_SPEC_VERSION)
 
-    def _inputs(self, day: dt.date, key: str, kinds: list[str]) -> list[dict[str, Any]]:
+    def input_files(self, day: dt.date, key: str, kinds: list[str]) -> list[dict[str, Any]]:
         """The files this unit reads, as recorded in its outputs, in arrival order per data type.
 
         The day's file, and a neighbour day's file when its footer statistics say it may hold rows stamped

@@ -206,7 +206,7 @@ def candle_checks(
         return out, None, []
     recorded = recorded or []
     try:
-        current = CandlesStage(ctx)._inputs(day, key, list(inputs_for(instrument_type)))
+        current = CandlesStage(ctx).input_files(day, key, list(inputs_for(instrument_type)))
         stale = _describe_change(recorded, current)
     except Exception as exc:  # a tick file that cannot be read (its own row says so)
         text = str(exc).strip().splitlines()
