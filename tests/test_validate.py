@@ -440,3 +440,27 @@ def test_a_narrower_run_is_judged_on_what_it_checked(sim_server, clean_lake, tmp
     assert day["status"] == "error" and any(
         PERP in line and "book_snapshot_5" in line for line in day["errors"]
     )
+
+
+def test_many_rows_of_one_kind_print_as_one_line():
+    """A venue never downloaded is thousands of alike rows: the table counts them; --all and --json list each."""
+    from mdth_engine.cli.validate import GROUP_ABOVE, grouped
+
+    def r(key: str, data_type: str = "trades", cls: str = "never_attempted") -> dict:
+        detail = f"no file for {key}"
+        return {"day": DAY, "instrument_key": key, "data_type": data_type, "check": "completeness",
+                "status": "error", "class": cls, "rows": None, "detail": detail}  # fmt: skip
+
+    many = [r(f"BINANCE:SPOT_PAIR:C{i}-USDT") for i in range(GROUP_ABOVE + 5)]
+    few = [r(f"DERIBIT:PERPETUAL:C{i}-USD", "book_snapshot_5") for i in range(GROUP_ABOVE)]
+    other = [r(SPOT, cls="missing")]
+    out = grouped(many + few + other)
+    assert [o["instrument_key"] for o in out] == [
+        f"{GROUP_ABOVE + 5} instruments",
+        *(f["instrument_key"] for f in few),
+        SPOT,
+    ]
+    assert (
+        out[0]["detail"].startswith(f"e.g. {many[0]['instrument_key']}: no file for")
+        and "--all" in out[0]["detail"]
+    )

@@ -150,7 +150,7 @@ def show(
     if rows:
         shown = [
             {**r, "day": r["day"].isoformat(), "rows": r["rows"] if r["rows"] is not None else ""}
-            for r in rows
+            for r in (rows if show_all else grouped(rows))
         ]
         if is_tty():
             _rich_rows(shown)
@@ -160,6 +160,34 @@ def show(
         typer.echo(_day_line(summary))
     for failure in crashed:
         typer.echo(f"failed: {failure.unit_id}: {failure.reason}", err=True)
+
+
+GROUP_ABOVE = 3  # more rows than this with one (day, status, check, class, data type) print as one line
+
+
+def grouped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows sharing day, status, check, class and data type, when there are many (a whole venue never
+    downloaded), as one line that counts them and names the first; ``--all`` and ``--json`` list each."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(
+            (row["day"], row["status"], row["check"], row["class"], row["data_type"]), []
+        ).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) <= GROUP_ABOVE:
+            out += members
+            continue
+        first = members[0]
+        out.append(
+            {
+                **first,
+                "instrument_key": f"{len(members):,} instruments",
+                "rows": None,
+                "detail": f"e.g. {first['instrument_key']}: {first['detail']} (--all lists each)",
+            }
+        )
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -273,7 +301,9 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--fix", help="Download exactly what is missing, failed or broken, then re-check."),
         ] = False,
-        show_all: Annotated[bool, typer.Option("--all", help="Show ok and skipped rows too.")] = False,
+        show_all: Annotated[
+            bool, typer.Option("--all", help="Show ok and skipped rows too, and each row of a counted group.")
+        ] = False,
         concurrency: DaysOpt = None,
         shards: FixShardsOpt = 1,
         backend: BackendOpt = "local",
