@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     )
     warehouse: str | None = Field(
         None,
-        description="Warehouse URL: duckdb:///path (default: <lake>/warehouse.duckdb) or bigquery://project/dataset.",
+        description="Warehouse URL: duckdb:///path (default: <lake>/warehouse.duckdb, or ./mdth-warehouse.duckdb "
+        "for a gs:// lake) or bigquery://project/dataset.",
     )
     gcp_project: str | None = Field(None, description="Google Cloud project for GCS, BigQuery and GCE.")
     gcp_zone: str = Field("europe-west1-b", description="Compute Engine zone for shard VMs.")
