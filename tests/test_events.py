@@ -1,6 +1,8 @@
 """The progress throttle: bounded update rate per job, never losing errors, completions or the latest counters."""
 
-from mdth_engine.core.events import Event, Kind, Throttle
+from mdth_engine.core.events import FAILED_OUTCOMES, Event, Kind, Throttle
+from mdth_engine.stages.base import FAILED_OUTCOMES as STAGE_FAILED_OUTCOMES
+from mdth_engine.stages.base import Outcome
 
 
 class FakeClock:
@@ -41,6 +43,41 @@ def test_errors_and_finish_are_never_dropped_and_flush_pending_first():
     assert kinds[1] == (Kind.PROGRESS, 2, "")  # the pending update goes out before the error
     assert [m for k, _, m in kinds if k is Kind.ERROR] == [f"e{i}" for i in range(50)]
     assert kinds[-1][0] is Kind.FINISHED
+
+
+def test_failed_units_are_never_dropped_between_written_ones():
+    got: list[Event] = []
+    clock = FakeClock()
+    throttle = Throttle(got.append, interval=0.1, clock=clock)
+    outcomes = {}
+    for i in range(300):  # 300 unit events within 30 ms of fake time: failures interleaved with successes
+        clock.now = i / 10_000
+        outcome = Outcome.FAILED if i % 7 == 3 else Outcome.UNAUTHORIZED if i % 11 == 5 else Outcome.WRITTEN
+        outcomes[f"u{i}"] = outcome
+        throttle(Event(Kind.UNIT, "download", job="j", unit=f"u{i}", outcome=outcome, units_done=i + 1))
+    throttle.flush()
+    failed = [u for u, o in outcomes.items() if o in STAGE_FAILED_OUTCOMES]
+    assert len(failed) > 40
+    assert [e.unit for e in got if e.is_failure] == failed  # every one, in order
+    assert len([e for e in got if not e.is_failure]) < len(failed)  # written units are still coalesced
+    assert [e.units_done for e in got] == sorted(e.units_done for e in got)  # pending goes out first
+    assert got[-1].unit == "u299"  # the latest counters are never lost
+
+
+def test_three_units_within_the_interval_keep_the_failed_middle_one():
+    got: list[Event] = []
+    throttle = Throttle(got.append, interval=0.1, clock=FakeClock())
+    for unit, outcome in (("u1", "written"), ("u2", "failed"), ("u3", "written")):
+        throttle(Event(Kind.UNIT, "download", job="j", unit=unit, outcome=outcome))
+    throttle.flush()
+    assert [(e.unit, e.outcome) for e in got] == [("u1", "written"), ("u2", "failed"), ("u3", "written")]
+
+
+def test_event_failure_outcomes_are_the_stages_ones():
+    assert {str(o) for o in STAGE_FAILED_OUTCOMES} == FAILED_OUTCOMES
+    for outcome in Outcome:
+        ev = Event(Kind.UNIT, "download", outcome=outcome)
+        assert ev.is_failure == (outcome in STAGE_FAILED_OUTCOMES)
 
 
 def test_event_json_round_trip_has_kind_and_counters():

@@ -25,7 +25,7 @@ class Kind(StrEnum):
     INFO = "info"
 
 
-# Kinds a throttle must always deliver.
+# Kinds a throttle must always deliver; a failed UNIT (``Event.is_failure``) is delivered too.
 _NEVER_DROPPED = frozenset({Kind.STARTED, Kind.ERROR, Kind.FINISHED, Kind.WARNING})
 
 
@@ -56,10 +56,12 @@ class Event:
 
     @property
     def is_failure(self) -> bool:
+        """An error, or a unit whose outcome fails the command; the throttle never drops either."""
         return self.kind is Kind.ERROR or (self.kind is Kind.UNIT and self.outcome in FAILED_OUTCOMES)
 
 
-# Unit outcomes that mean the work did not succeed (the command exits 1).
+# Unit outcomes that mean the work did not succeed (the command exits 1); the same set as
+# ``stages.base.FAILED_OUTCOMES``, kept here as strings so core does not import the stages.
 FAILED_OUTCOMES = frozenset({"failed", "unauthorized"})
 
 Sink = Callable[[Event], None]
@@ -72,7 +74,8 @@ def null_sink(_: Event) -> None:
 class Throttle:
     """Wraps a sink: per job, at most one PROGRESS/UNIT event per ``interval``; the latest is kept, not lost.
 
-    The pending event is flushed before any event that is never dropped, and by ``flush()``.
+    Failed units, errors, warnings, starts and finishes always go through, after the pending event; ``flush()``
+    sends what is pending.
     """
 
     def __init__(
@@ -89,7 +92,7 @@ class Throttle:
         to_send: list[Event] = []
         with self._lock:
             key = event.job or event.stage
-            if event.kind in _NEVER_DROPPED:
+            if event.kind in _NEVER_DROPPED or event.is_failure:
                 pending = self._pending.pop(key, None)
                 if pending is not None:
                     to_send.append(pending)
