@@ -25,7 +25,7 @@ from mdth_engine.core.timeframes import day_start_us
 from mdth_engine.features.batch import build_candles
 from mdth_engine.features.spec import FEATURE_NAMES
 from mdth_engine.live.events import Trade
-from mdth_engine.live.journal import RAW_PREFIX, Journal
+from mdth_engine.live.journal import Journal
 from mdth_engine.live.serve import connect
 from mdth_engine.storage import layout
 from mdth_engine.storage.parquet import write_table
@@ -193,7 +193,7 @@ def test_roll_merges_journal_parts_into_by_date(tmp_path):
     assert result["outcome"] == "written" and result["parts"] == 2 and result["rows"] == 10
     table = pq.read_table(store.local_path(layout.raw_path(DAY, "trades", KEY)))
     assert table["id"].to_pylist() == [str(i) for i in range(10)]
-    assert list(store.list(RAW_PREFIX + "/")) == []
+    assert list(store.list(layout.STREAMING_RAW_ROOT + "/")) == []
     again = mdth("stream", "roll", lake=tmp_path)
     assert again.returncode == 0 and "nothing to roll" in again.stdout
 
@@ -216,7 +216,7 @@ def test_a_killed_persisting_stream_leaves_complete_parts_missing_only_the_last_
         deadline = time.monotonic() + 60
         while (
             time.monotonic() < deadline
-            and sum("/data_type-" in i.path for i in store.list(RAW_PREFIX + "/")) < 4
+            and sum("/data_type-" in i.path for i in store.list(layout.STREAMING_RAW_ROOT + "/")) < 4
         ):
             time.sleep(0.2)
         time.sleep(1.0)
@@ -227,7 +227,7 @@ def test_a_killed_persisting_stream_leaves_complete_parts_missing_only_the_last_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    parts = [i.path for i in store.list(RAW_PREFIX + "/") if "/data_type-" in i.path]
+    parts = [i.path for i in store.list(layout.STREAMING_RAW_ROOT + "/") if "/data_type-" in i.path]
     assert len(parts) >= 4
     newest = 0
     for path in parts:

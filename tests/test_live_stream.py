@@ -29,7 +29,7 @@ from mdth_engine.core.timeframes import day_start_us
 from mdth_engine.features.batch import build_candles
 from mdth_engine.live.clock import ScaledClock
 from mdth_engine.live.events import Bar, Batch, BookSnapshot, Connected, Disconnect, Notice, Trade
-from mdth_engine.live.journal import RAW_PREFIX, pending_days
+from mdth_engine.live.journal import pending_days
 from mdth_engine.live.persist import BarWriter, bars_table
 from mdth_engine.live.queues import BoundedQueue, Bus, Policy
 from mdth_engine.live.serve import connect
@@ -337,10 +337,10 @@ async def test_persist_journals_every_event_rolls_the_finished_day_and_writes_ba
         assert prov["source_url"] == "live:scripted:test"
         down, up = down_up  # the gap as the journal's status parts recorded it (still open at midnight: -1)
         assert json.loads(prov["live_gaps"]) == [[down, up if up < day_start else -1]]
-    assert not list(store.list(f"{RAW_PREFIX}/day-{DAY}/"))  # its parts are gone
+    assert not list(store.list(f"{layout.STREAMING_RAW_ROOT}/day-{DAY}/"))  # its parts are gone
     # The day still running stays in parts; a clean stop wrote every event of it.
     tail = [e for e in sent if e.local_timestamp >= day_start]
-    parts = [i.path for i in store.list(f"{RAW_PREFIX}/day-2024-03-13/data_type-trades/")]
+    parts = [i.path for i in store.list(f"{layout.STREAMING_RAW_ROOT}/day-2024-03-13/data_type-trades/")]
     rows = pa.concat_tables([pq.read_table(store.local_path(p)) for p in parts])
     assert sorted(rows["local_timestamp"].cast(pa.int64()).to_pylist()) == [
         e.local_timestamp for e in tail if e.data_type == "trades"

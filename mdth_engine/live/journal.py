@@ -33,7 +33,6 @@ from mdth_engine.core.timeframes import US_PER_DAY
 from mdth_engine.live.events import Disconnect
 from mdth_engine.storage import layout
 
-RAW_PREFIX = f"{layout.STREAMING_ROOT}/raw"
 FLUSH_SECONDS = 2.0
 MAX_BUFFERED = 200_000  # events buffered before a chunk is cut early
 MAX_PENDING_CHUNKS = 4
@@ -46,18 +45,6 @@ STATUS_SCHEMA = pa.schema(
     ]
 )
 _UNIX = dt.date(1970, 1, 1)
-
-
-def streaming_day_dir(day: dt.date) -> str:
-    return f"{RAW_PREFIX}/{layout.day_dir(day)}"
-
-
-def part_dir(day: dt.date, data_type: str, key: str) -> str:
-    return f"{streaming_day_dir(day)}/data_type-{data_type}/{key}"
-
-
-def status_dir(day: dt.date) -> str:
-    return f"{streaming_day_dir(day)}/status"
 
 
 def _day(us: int) -> dt.date:
@@ -241,8 +228,11 @@ class Journal:
                 part = table.filter(pa.array(days == day_index)) if len(np.unique(days)) > 1 else table
                 first = int(part["local_timestamp"].cast(pa.int64())[0].as_py())
                 self._seq += 1
-                name = f"part-{first:017d}-{self.session}-{self._seq:06d}.parquet"
-                folder = status_dir(day) if data_type == "status" else part_dir(day, data_type, key)
+                name = layout.streaming_part_name(first, self.session, self._seq)
+                if data_type == "status":
+                    folder = layout.streaming_status_dir(day)
+                else:
+                    folder = layout.streaming_part_dir(day, data_type, key)
                 provenance = {
                     "data_type": data_type,
                     "instrument_key": key,
@@ -262,7 +252,7 @@ class Journal:
 
 def pending_days(store: Any) -> list[dt.date]:
     """UTC days that still have journal parts under ``streaming/raw``."""
-    days = {layout.day_of(info.path) for info in store.list(RAW_PREFIX + "/")}
+    days = {layout.day_of(info.path) for info in store.list(layout.STREAMING_RAW_ROOT + "/")}
     return sorted(d for d in days if d is not None)
 
 
@@ -276,15 +266,14 @@ def roll_day(store: Any, day: dt.date, *, spool_dir: Any = None) -> list[dict[st
 
     from mdth_engine.storage.parquet import read_provenance, write_table
 
-    prefix = streaming_day_dir(day) + "/"
     groups: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     status_parts: list[str] = []
-    for info in store.list(prefix):
-        rest = info.path[len(prefix) :].split("/")
-        if rest[0] == "status" and len(rest) == 2:
+    for info in store.list(layout.streaming_day_dir(day) + "/"):
+        group = layout.streaming_group(day, info.path)
+        if group == ("status", ""):
             status_parts.append(info.path)
-        elif len(rest) == 3 and rest[0].startswith("data_type-") and rest[2].endswith(".parquet"):
-            groups[(rest[0].removeprefix("data_type-"), rest[1])].append(info.path)
+        elif group is not None:
+            groups[group].append(info.path)
 
     def read(path: str) -> pa.Table:
         local = store.local_path(path)

@@ -10,6 +10,7 @@ RAW_ROOT = "raw_tick_data/by_date"
 CANDLES_ROOT = "processed_candles/by_date"
 REPORTS_ROOT = "validation_reports/by_date"
 STREAMING_ROOT = "streaming"
+STREAMING_RAW_ROOT = f"{STREAMING_ROOT}/raw"  # live journal parts, until their day is rolled into RAW_ROOT
 JOBS_ROOT = "_jobs"
 WAREHOUSE_STAGING_ROOT = "_warehouse/staging"  # gs:// load sources, kept only while a BigQuery load runs
 
@@ -46,6 +47,34 @@ def report_path(day: dt.date) -> str:
 
 def report_summary_path(day: dt.date) -> str:
     return f"{REPORTS_ROOT}/{day_dir(day)}/summary.json"
+
+
+def streaming_day_dir(day: dt.date) -> str:
+    return f"{STREAMING_RAW_ROOT}/{day_dir(day)}"
+
+
+def streaming_part_dir(day: dt.date, data_type: str, instrument_key: str) -> str:
+    return f"{streaming_day_dir(day)}/data_type-{data_type}/{instrument_key}"
+
+
+def streaming_status_dir(day: dt.date) -> str:
+    """Disconnect and reconnect records of the live journal for that day."""
+    return f"{streaming_day_dir(day)}/status"
+
+
+def streaming_part_name(first_local_us: int, session: str, seq: int) -> str:
+    """A journal part's file name: sorts by its first ``local_timestamp``, unique per writer session."""
+    return f"part-{first_local_us:017d}-{session}-{seq:06d}.parquet"
+
+
+def streaming_group(day: dt.date, path: str) -> tuple[str, str] | None:
+    """(data type, instrument key) of a journal part of that day, ``("status", "")`` for a status part."""
+    rest = path.removeprefix(streaming_day_dir(day) + "/").split("/")
+    if rest[0] == "status" and len(rest) == 2:
+        return "status", ""
+    if len(rest) == 3 and rest[0].startswith("data_type-") and rest[2].endswith(".parquet"):
+        return rest[0].removeprefix("data_type-"), rest[1]
+    return None
 
 
 def job_dir(job_id: str) -> str:
