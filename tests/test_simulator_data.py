@@ -22,7 +22,7 @@ import pytest
 from mdth_engine.core.schemas import CSV_COLUMNS
 from mdth_engine.core.timeframes import US_PER_DAY, day_start_us
 from mdth_engine.simulator import paths
-from mdth_engine.simulator.config import SCALES
+from mdth_engine.simulator.config import MODEL_VERSION, SCALES
 from mdth_engine.simulator.datasets import dataset_bytes
 
 DAY = dt.date(2024, 3, 5)
@@ -374,4 +374,23 @@ def test_same_bytes_every_run_and_process() -> None:
         != hashlib.sha256(
             dataset_bytes("binance-futures", "trades", dt.date(2024, 3, 6), "BTCUSDT")
         ).hexdigest()
+    )
+
+
+# sha256 of the CSV inside tiny-scale files, computed once; the gzip around it comes from python-isal (or zlib),
+# whose compressed bytes may differ between library versions, so the content is what is pinned.
+PINNED_CSV_SHA256 = {
+    "binance-futures/trades/BTCUSDT": "e735f8db6eecd6f4b18c42c4bcf4fe328f098be8050100b88847b1ab20f494d2",
+    "deribit/options_chain/OPTIONS": "0acef2864728ab09fcc60c9855c1395dd851397c417b5b291116fbbe3c3f1330",
+    "deribit/book_snapshot_5/BTC-PERPETUAL": "da30acdee3eec099891fbdf64b882bdee4d463cd1e4fb97e63f3405960e98c4f",
+    "okex-swap/derivative_ticker/BTC-USDT-SWAP": "d4419f4c1f3d9eaf9a681658e4633af3eddade77cc0ff27ca0d718f11c9b693c",
+}
+
+
+@pytest.mark.parametrize("file", sorted(PINNED_CSV_SHA256))
+def test_same_bytes_on_every_machine(file: str) -> None:
+    assert MODEL_VERSION == "m2", "the market model changed: recompute PINNED_CSV_SHA256"
+    exchange, data_type, symbol = file.split("/")
+    assert (
+        hashlib.sha256(raw(exchange, data_type, DAY, symbol, "tiny")).hexdigest() == PINNED_CSV_SHA256[file]
     )
