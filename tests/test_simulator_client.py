@@ -1,7 +1,7 @@
 """The official tardis-dev client against the simulator, with nothing changed but ``endpoint=``.
 
-Downloaded files are compared column by column with real Tardis samples (../shared/reference/tardis/samples):
-same header, and every column parses to the same kind of value.
+Downloaded files are compared column by column with real Tardis samples (tests/data/tardis_samples, copied from
+../shared/reference/tardis/samples): same header, and every column parses to the same kind of value.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
-import os
 import urllib.error
 from pathlib import Path
 
@@ -21,11 +20,7 @@ from sim_fixtures import SIM_API_KEY, make_sim_server, sim_cache_dir, sim_server
 
 from mdth_engine.core.schemas import CSV_COLUMNS
 
-SAMPLES = Path(
-    os.environ.get(
-        "MDTH_TARDIS_SAMPLES", Path(__file__).resolve().parents[2] / "shared/reference/tardis/samples"
-    )
-)
+SAMPLES = Path(__file__).parent / "data/tardis_samples"  # copies of ../shared/reference/tardis/samples
 FREE_DAY = "2024-03-01"  # the first day of a month downloads without a key, as on Tardis
 
 # real sample file -> (exchange, data type, symbol) of the simulated file it is compared with
@@ -119,7 +114,6 @@ async def _download(
     return tmp / f"{exchange}_{data_type}_{day}_{symbol}.csv.gz"
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"real Tardis samples not found at {SAMPLES}")
 async def test_downloads_parse_like_real_samples(sim_server, tmp_path: Path) -> None:  # noqa: F811
     for sample_name, (exchange, data_type, symbol) in COMPARED.items():
         sample = (SAMPLES / sample_name).read_bytes()
