@@ -464,3 +464,22 @@ def test_many_rows_of_one_kind_print_as_one_line():
         out[0]["detail"].startswith(f"e.g. {many[0]['instrument_key']}: no file for")
         and "--all" in out[0]["detail"]
     )
+
+
+def test_validate_runs_as_a_job_over_shards(sim_server, clean_lake, tmp_path):
+    """`--shards N` validates as a recorded job over N worker processes: same reports, same exit codes."""
+    lake = copy_lake(clean_lake, tmp_path)
+    env = {**cli_env(sim_server, lake), "MDTH_WORKER_HEARTBEAT_S": "0.3"}
+    base = ["validate", "--start", str(DAY - dt.timedelta(days=1)), "--end", str(DAY)]
+    base += ["--symbols", ",".join(SYMBOLS), "--data-types", ",".join(TYPES), "--shards", "2"]
+    clean = mdth(*base, env=env)
+    assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
+    assert "0 errors" in clean.stdout and "over 2 shard(s)" in clean.stderr
+    store = open_store(str(lake))
+    jobs = [p for p in store.list("_jobs/") if p.path.endswith("spec.json")]
+    specs = [json.loads(store.get_bytes(p.path)) for p in jobs]
+    assert any(s["operation"] == "validate" and s["shards"] == 2 for s in specs)
+    store.local_path(layout.raw_path(DAY, "trades", SPOT)).unlink()
+    broken = mdth(*base, env=env)
+    assert broken.returncode == 1
+    assert row(read_report(store, DAY), SPOT, "trades", "completeness")["class"] == "missing"

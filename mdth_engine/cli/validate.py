@@ -38,7 +38,10 @@ DaysOpt = Annotated[
     int | None, typer.Option("--concurrency", min=1, help="Days validated at once (default: 2).")
 ]
 FixShardsOpt = Annotated[
-    int, typer.Option("--shards", min=1, help="With --fix: run the download as a job over N workers.")
+    int,
+    typer.Option(
+        "--shards", min=1, help="Run the validation (and --fix's download) as a job over N workers."
+    ),
 ]
 DateOpt = Annotated[str | None, typer.Option("--date", help="One UTC day (instead of --start/--end).")]
 DEFAULT_CONCURRENCY = 2  # days at once; each scans a few files at a time
@@ -78,6 +81,40 @@ def run_validation(ctx: typer.Context, request, settings, json_out: bool, concur
                 request, settings, sink=sink, concurrency=concurrency or DEFAULT_CONCURRENCY, units=units
             )
         )
+
+
+def run_validation_job(ctx: typer.Context, request, settings, json_out: bool, shards: int, backend: str):
+    """Validation as a recorded job over ``shards`` workers (local processes or VMs); the run summary is
+    rebuilt from the recorded outcomes, and a unit that never finished counts as failed."""
+    import json
+
+    from mdth_engine.cli.jobs import follow_rendered
+    from mdth_engine.jobs import records as rec
+    from mdth_engine.jobs.manage import create_job, launch_job
+    from mdth_engine.jobs.runner import RunSummary
+    from mdth_engine.stages.base import Outcome, UnitResult
+    from mdth_engine.storage.store import open_store
+
+    store = open_store(settings.lake)
+    spec = create_job(store, request, shards=shards, backend=backend, settings=settings)
+    if not json_out:
+        typer.echo(f"validate: job {spec.job_id}: {spec.units} day(s) over {spec.shards} shard(s)", err=True)
+    launch_job(store, spec.job_id, settings)
+    status = follow_rendered(store, spec.job_id, json_out=json_out, settings=settings)
+    outcomes = rec.latest_outcomes(rec.read_results(store, spec.job_id))
+    summary = RunSummary(stage="validate", units=spec.units)
+    for unit, _ in rec.read_plan(store, spec.job_id):
+        row = outcomes.get(unit.unit_id)
+        if row is None:
+            reason = f"did not finish (job {spec.job_id} ended {status.state})"
+            result = UnitResult(unit.unit_id, Outcome.FAILED, reason=reason)
+        else:
+            extra = json.loads(row["extra"]) if row["extra"] else {}
+            result = UnitResult(row["unit_id"], Outcome(row["outcome"]), reason=row["reason"], extra=extra)
+        summary.outcomes[result.outcome] += 1
+        if result.failed:
+            summary.failures.append(result)
+    return summary
 
 
 def latest_reports(store: Any, days: list[dt.date]) -> tuple[Any, list[dict[str, Any]]]:
@@ -328,7 +365,10 @@ def register(app: typer.Typer) -> None:
         as_json = json_mode(ctx, json_out)
         units = plan_stage(request, settings)  # selectors checked before any work
         store = open_store(settings.lake)
-        summary = run_validation(ctx, request, settings, as_json, concurrency, units)
+        if shards > 1 or backend != "local":
+            summary = run_validation_job(ctx, request, settings, as_json, shards, backend)
+        else:
+            summary = run_validation(ctx, request, settings, as_json, concurrency, units)
         table, summaries = latest_reports(store, reported_days(request, summary))
         code = exit_code_of(table, summary)
         if fix:
