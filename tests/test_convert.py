@@ -23,7 +23,7 @@ from mdth_engine.stages.convert import BadRowsError, ConvertResult, SourceError,
 from mdth_engine.stages.convert_rows import analyse, layout_for
 from mdth_engine.stages.convert_source import Chunk
 
-SAMPLES = Path("/work/shared/reference/tardis/samples")
+SAMPLES = Path(__file__).parent / "data" / "tardis_samples"  # copies of ../shared/reference/tardis/samples
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TRADES_HEADER = ",".join(CSV_COLUMNS["trades"])
 
