@@ -53,16 +53,9 @@ def register(app: typer.Typer) -> None:
         settings = settings_for(ctx, lake)
         store = open_store(settings.lake)
         base = (lambda ev: print(ev.to_json(), flush=True)) if json_mode(ctx, json_out) else _LogLines()
-        throttle = Throttle(base, interval=1.0)
-
-        def sink(ev: Event) -> None:
-            if ev.is_failure:
-                base(ev)  # every failed unit reaches the log, never coalesced away
-            else:
-                throttle(ev)
-
+        throttle = Throttle(base, interval=1.0)  # failed units are never coalesced away
         try:
-            run = run_shard(store, job, shard, settings, sink, handle_signals=True)
+            run = run_shard(store, job, shard, settings, throttle, handle_signals=True)
         finally:
             throttle.flush()
             sys.stdout.flush()
