@@ -1,5 +1,6 @@
 """The instrument master against the simulator: exact counts per venue/type/day, listings and expiries on the
-right days, every key shape, idempotent re-runs, and a clear note of what a keyless run could not fill in."""
+right days, every key shape, values and status as they were on the day, idempotent re-runs, and a clear note of
+what a keyless run could not fill in or key."""
 
 import asyncio
 import collections
@@ -8,12 +9,14 @@ import datetime as dt
 import pyarrow.compute as pc
 import pytest
 
-from mdth_engine.api import Lake, run_stage
+from mdth_engine.api import Lake, run_stage, stage_context
 from mdth_engine.core.errors import UsageError
 from mdth_engine.core.keys import EXCHANGE_TO_VENUE
 from mdth_engine.core.settings import load_settings
+from mdth_engine.jobs.runner import run_units
 from mdth_engine.simulator.universe import instruments_live
 from mdth_engine.stages.base import Request
+from mdth_engine.stages.instruments import InstrumentsStage, active_on, fetch_venue
 from mdth_engine.storage import layout
 from mdth_engine.storage.parquet import read_provenance
 
@@ -54,6 +57,69 @@ def test_exact_counts_per_venue_and_type_each_day(week_lake):
         assert chains == {("DERIBIT", "OPTION_CHAIN"): len(underlyings)}
         assert table.num_rows == len(set(table["instrument_key"].to_pylist()))  # keys are unique
         day += dt.timedelta(days=1)
+
+
+# Counted once from the simulator and written down, so a mistake shared by the simulator's universe and the
+# stage cannot pass: 2024-03-29 is a quarterly expiry day (BTC/ETH-240329 still listed, the next ones listed).
+PINNED_COUNTS = {
+    "2024-03-28": {
+        ("BINANCE", "SPOT_PAIR"): 6,
+        ("BINANCE-FUTURES", "FUTURE"): 4,
+        ("BINANCE-FUTURES", "PERPETUAL"): 4,
+        ("BYBIT", "PERPETUAL"): 3,
+        ("DERIBIT", "FUTURE"): 8,
+        ("DERIBIT", "OPTION"): 682,
+        ("DERIBIT", "OPTION_CHAIN"): 3,
+        ("DERIBIT", "PERPETUAL"): 3,
+        ("OKX-SWAP", "PERPETUAL"): 3,
+    },
+    "2024-03-29": {
+        ("BINANCE", "SPOT_PAIR"): 6,
+        ("BINANCE-FUTURES", "FUTURE"): 6,
+        ("BINANCE-FUTURES", "PERPETUAL"): 4,
+        ("BYBIT", "PERPETUAL"): 3,
+        ("DERIBIT", "FUTURE"): 10,
+        ("DERIBIT", "OPTION"): 776,
+        ("DERIBIT", "OPTION_CHAIN"): 3,
+        ("DERIBIT", "PERPETUAL"): 3,
+        ("OKX-SWAP", "PERPETUAL"): 3,
+    },
+}
+
+
+@pytest.mark.parametrize("day", sorted(PINNED_COUNTS))
+def test_pinned_counts_per_venue_and_type(week_lake, day):
+    table = week_lake.instruments(day)
+    got = collections.Counter(
+        zip(table["venue"].to_pylist(), table["instrument_type"].to_pylist(), strict=True)
+    )
+    assert dict(got) == PINNED_COUNTS[day]
+
+
+# One instrument of each shape: Tardis dataset symbol -> canonical key (on 2024-03-28).
+GOLDEN_KEYS = {
+    ("BINANCE-FUTURES", "BTCUSD_PERP"): "BINANCE-FUTURES:PERPETUAL:BTC-USD",  # coin-margined
+    ("BINANCE-FUTURES", "BTCUSDT_240628"): "BINANCE-FUTURES:FUTURE:BTC-USDT-240628",  # quarterly
+    ("OKX-SWAP", "BTC-USD-SWAP"): "OKX-SWAP:PERPETUAL:BTC-USD",
+    ("BYBIT", "BTCUSD"): "BYBIT:PERPETUAL:BTC-USD",  # inverse
+    ("BINANCE", "ETHBTC"): "BINANCE:SPOT_PAIR:ETH-BTC",
+    ("BINANCE", "BTCFDUSD"): "BINANCE:SPOT_PAIR:BTC-FDUSD",
+    ("DERIBIT", "BTC-PERPETUAL"): "DERIBIT:PERPETUAL:BTC-USD",
+    ("DERIBIT", "ETH_USDC-PERPETUAL"): "DERIBIT:PERPETUAL:ETH-USDC",
+    ("DERIBIT", "XRP_USDC-29MAR24-0D35-C"): "DERIBIT:OPTION:XRP-USDC-240329-0.35-CALL",  # fractional strike
+}
+
+
+def test_golden_keys_for_every_shape(week_lake):
+    table = week_lake.instruments("2024-03-28")
+    got = {
+        (r["venue"], r["tardis_symbol"]): r["instrument_key"]
+        for r in table.select(["venue", "tardis_symbol", "instrument_key"]).to_pylist()
+        if (r["venue"], r["tardis_symbol"]) in GOLDEN_KEYS
+    }
+    assert got == GOLDEN_KEYS
+    xrp = week_lake.instrument("DERIBIT:OPTION:XRP-USDC-240329-0.35-CALL", "2024-03-28")
+    assert xrp["strike"] == 0.35 and xrp["option_type"] == "CALL" and xrp["settle_asset"] == "USDC"
 
 
 def test_quarterly_expires_on_its_day_at_0800_and_is_gone_after(week_lake):
@@ -132,3 +198,83 @@ def test_metadata_refused_says_what_it_could_not_fill_in(tmp_path, make_sim_serv
         "BINANCE-FUTURES:FUTURE:BTC-USDT-240329", "2024-03-27"
     )
     assert quarterly["expiry"] == dt.datetime(2024, 3, 29, 8, tzinfo=dt.UTC)  # from the symbol, 08:00 UTC
+
+
+@pytest.fixture(scope="module")
+def early_lake(sim_server, tmp_path_factory):
+    """BINANCE-FUTURES around 2021-03-01, when the BTC-USDT perpetual's tick size changed and the March
+    quarterly still traded (the source, asked today, calls it inactive)."""
+    lake = str(tmp_path_factory.mktemp("early"))
+    settings = load_settings(
+        lake=lake,
+        tardis_api_url=sim_server.api_url,
+        tardis_datasets_url=sim_server.datasets_url,
+        tardis_api_key="k",
+    )
+    request = Request("instruments", dt.date(2021, 2, 28), dt.date(2021, 3, 1), venues=("BINANCE-FUTURES",))
+    assert asyncio.run(run_stage(request, settings)).outcomes == {"written": 2}
+    return Lake(lake, settings)
+
+
+def test_tick_size_is_the_value_in_force_that_day(early_lake):
+    key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
+    assert early_lake.instrument(key, "2021-02-28")["tick_size"] == 0.01  # `changes`: 0.01 until 2021-03-01
+    assert early_lake.instrument(key, "2021-03-01")["tick_size"] == 0.1
+
+
+def test_active_is_the_status_on_that_day_not_today(early_lake):
+    march = early_lake.instrument("BINANCE-FUTURES:FUTURE:BTC-USDT-210326", "2021-03-01")
+    assert march["active"] is True  # it traded until 2021-03-26 08:00; the source says inactive today
+    assert march["expiry"] == dt.datetime(2021, 3, 26, 8, tzinfo=dt.UTC)
+    assert set(early_lake.instruments("2021-03-01")["active"].to_pylist()) == {True}
+
+
+def test_active_on_bounds():
+    day = dt.datetime(2024, 3, 29, tzinfo=dt.UTC)
+    at_eight = day.replace(hour=8)
+    assert active_on(at_eight, None, day)  # listed during the day
+    assert not active_on(at_eight, None, day - dt.timedelta(days=1))  # not before its listing day
+    assert active_on(None, at_eight, day)  # expires during the day
+    assert not active_on(None, at_eight, day + dt.timedelta(days=1))  # gone the day after
+    assert not active_on(None, day, day)  # data ended at the day's start
+
+
+def test_symbols_it_cannot_key_are_named_in_a_warning(tmp_path, make_sim_server):
+    # Keyless, so Bybit's month-code future and an EUR spot pair cannot be keyed from their symbols. The simulator
+    # lists neither, so they are added to the venue's real snapshot; a combo is not an instrument and not reported.
+    server = make_sim_server(faults="401:p=1:path=^/v1/instruments")
+    settings = load_settings(
+        lake=str(tmp_path), tardis_api_url=server.api_url, tardis_datasets_url=server.datasets_url
+    )
+    events = []
+    day = dt.date(2024, 3, 27)
+    extra = [
+        {"id": "BTCUSDM25", "type": "future", "availableSince": "2024-03-01T00:00:00.000Z"},
+        {"id": "ADAEUR", "type": "spot", "availableSince": "2024-03-01T00:00:00.000Z"},
+        {"id": "BTC-COMBO", "type": "combo", "availableSince": "2024-03-01T00:00:00.000Z"},
+    ]
+
+    async def run():
+        stage = InstrumentsStage(stage_context(settings, events.append))
+        snap = await fetch_venue(settings, "BYBIT")
+        snap.symbols += extra
+
+        async def cached():
+            return snap
+
+        stage._snapshots["BYBIT"] = asyncio.ensure_future(cached())  # the run's per-venue snapshot cache
+        units = stage.plan(Request("instruments", day, day + dt.timedelta(days=1), venues=("BYBIT",)))
+        return await run_units(stage, units, sink=events.append)
+
+    summary = asyncio.run(run())
+    assert summary.exit_code == 0
+    warnings = [e.message for e in events if e.kind == "warning" and "could not be keyed" in e.message]
+    assert warnings == [  # one per venue, not one per day
+        "BYBIT: 2 symbols could not be keyed without metadata (not in the master): BTCUSDM25, ADAEUR"
+    ]
+    assert {r.unit_id: r.extra for r in summary.results} == {
+        f"{d}/instruments": {"unkeyed": {"BYBIT": {"count": 2, "first": ["BTCUSDM25", "ADAEUR"]}}}
+        for d in ("2024-03-27", "2024-03-28")
+    }
+    symbols = Lake(str(tmp_path), settings).instruments(day)["tardis_symbol"].to_pylist()
+    assert sorted(symbols) == sorted(i.dataset_id for i in instruments_live("bybit", day))

@@ -1,4 +1,5 @@
-"""`mdth instruments list` (table, CSV, JSON) and `mdth inspect` (definition, calendar, closest matches)."""
+"""`mdth instruments --types` (builds only those types, keeps the others on disk), `mdth instruments list`
+(table, CSV, JSON) and `mdth inspect` (definition, calendar, closest matches)."""
 
 import csv
 import io
@@ -9,6 +10,8 @@ import sys
 
 import pytest
 from sim_fixtures import SIM_API_KEY
+
+from mdth_engine.api import Lake
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +83,26 @@ def test_inspect_unknown_key_suggests_the_closest(lake):
     assert proc.returncode == 2
     assert "did you mean" in proc.stderr and "DERIBIT:PERPETUAL:BTC-USD" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_build_with_types_adds_only_those_and_keeps_the_rest(sim_server, tmp_path):
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    build = ["instruments", "--start", "2021-03-01", "--venues", "BINANCE-FUTURES,DERIBIT"]
+
+    def rows():
+        table = Lake(str(tmp_path)).instruments("2021-03-01")
+        return {r["instrument_key"]: r for r in table.to_pylist()}
+
+    proc = mdth(env, *build, "--types", "FUTURE")
+    assert proc.returncode == 0, proc.stderr
+    futures = rows()
+    assert {r["instrument_type"] for r in futures.values()} == {"FUTURE"}
+    assert {r["venue"] for r in futures.values()} == {"BINANCE-FUTURES", "DERIBIT"}
+
+    proc = mdth(env, *build, "--types", "PERP")
+    assert proc.returncode == 0, proc.stderr
+    after = rows()
+    new = {k: r for k, r in after.items() if k not in futures}
+    assert {r["instrument_type"] for r in new.values()} == {"PERPETUAL"}  # no options, chains or spot
+    assert {"BINANCE-FUTURES:PERPETUAL:BTC-USDT", "DERIBIT:PERPETUAL:BTC-USD"} <= set(new)
+    assert {k: after[k] for k in futures} == futures  # the futures written before are untouched

@@ -21,6 +21,7 @@ from mdth_engine.core.events import Event, Kind
 from mdth_engine.core.keys import (
     EXCHANGE_TO_VENUE,
     INSTRUMENT_TYPES,
+    TARDIS_TYPES,
     VENUE_TO_EXCHANGE,
     key_from_tardis,
     parse_key,
@@ -56,11 +57,13 @@ INSTRUMENTS_SCHEMA = pa.schema(
         pa.field("tick_size", pa.float64()),
         pa.field("amount_increment", pa.float64()),
         pa.field("min_trade_amount", pa.float64()),
+        # tradable that day (listed, not yet expired or delisted), not the source's status today
         pa.field("active", pa.bool_()),
         pa.field("missing", pa.string()),  # what could not be filled in, e.g. "metadata: unauthorized"
     ]
 )
 GROUPED_IDS = frozenset({"SPOT", "FUTURES", "PERPETUALS", "OPTIONS", "COMBOS"})
+UNKEYED_SHOWN = 5  # how many symbols a warning about unkeyable symbols names
 # Metadata fields whose past values `changes` records, mapped to our columns.
 _CHANGE_FIELDS = {
     "priceIncrement": "tick_size",
@@ -89,6 +92,7 @@ def parse_venues(text: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def parse_types(text: tuple[str, ...] | list[str]) -> list[str]:
+    """Canonical instrument types from names (``PERP`` accepted); empty when none are given."""
     out = []
     for item in text:
         name = item.strip().upper()
@@ -159,11 +163,24 @@ def _available_on(entry: dict[str, Any], day: dt.date) -> bool:
     return (since is None or since < start + dt.timedelta(days=1)) and (until is None or until > start)
 
 
-def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]], int]:
-    """One row per instrument available on ``day`` (plus OPTION_CHAIN rows), and how many ids were not instruments."""
+def active_on(start: dt.datetime | None, end: dt.datetime | None, day_start: dt.datetime) -> bool:
+    """Tradable during the UTC day: listed (or its data began) before the day ends, and not expired, delisted
+    or out of data before it starts. Point-in-time, unlike the metadata's ``active`` (the status when asked)."""
+    return (start is None or start < day_start + dt.timedelta(days=1)) and (end is None or end > day_start)
+
+
+def _non_instrument(entry: dict[str, Any], info: dict[str, Any] | None) -> bool:
+    """A combo, prediction or other type that is not an instrument: left out on purpose, not a failure."""
+    raw = (info or {}).get("type") or entry.get("type")
+    return bool(raw) and str(raw).strip().lower() not in TARDIS_TYPES
+
+
+def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per instrument available on ``day`` (plus OPTION_CHAIN rows), and the instrument symbols that
+    could not be turned into keys (so the run can say so)."""
     day_start = dt.datetime.combine(day, dt.time(), UTC)
     rows: list[dict[str, Any]] = []
-    skipped = 0
+    unkeyed: list[str] = []
     chain_types: list[str] | None = None
     chain_entry: dict[str, Any] | None = None
     for entry in snap.symbols:
@@ -177,11 +194,15 @@ def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]
         info = snap.infos.get(symbol)
         mapped = key_from_tardis(snap.exchange, symbol, info, entry.get("type"))
         if mapped is None:
-            skipped += 1
+            if not _non_instrument(entry, info):
+                unkeyed.append(symbol)
             continue
         values = values_in_force(info, day_start) if info else {}
         key = mapped.key
         missing = [] if info else [snap.missing or "metadata: not listed by /v1/instruments"]
+        available_from, available_to = _ts(entry.get("availableSince")), _ts(entry.get("availableTo"))
+        ends = [t for t in (mapped.expiry_at, available_to) if t is not None]
+        listed = _ts(values.get("listing")) or available_from
         rows.append(
             {
                 "instrument_key": str(key),
@@ -195,8 +216,8 @@ def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]
                 "tardis_symbol": symbol,
                 "exchange_raw_symbol": (info or {}).get("id") or symbol,
                 "data_types": sorted(entry.get("dataTypes") or []),
-                "available_from": _ts(entry.get("availableSince")),
-                "available_to": _ts(entry.get("availableTo")),
+                "available_from": available_from,
+                "available_to": available_to,
                 "listing": _ts(values.get("listing")),
                 "expiry": mapped.expiry_at,
                 "strike": key.strike_value,
@@ -207,7 +228,7 @@ def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]
                 "tick_size": _num(values.get("priceIncrement")),
                 "amount_increment": _num(values.get("amountIncrement")),
                 "min_trade_amount": _num(values.get("minTradeAmount")),
-                "active": values.get("active"),
+                "active": active_on(listed, min(ends, default=None), day_start),
                 "missing": "; ".join(missing) or None,
             }
         )
@@ -247,7 +268,7 @@ def rows_for_day(snap: VenueSnapshot, day: dt.date) -> tuple[list[dict[str, Any]
                     "missing": None,
                 }
             )
-    return rows, skipped
+    return rows, unkeyed
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -274,11 +295,11 @@ class InstrumentsStage:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._snapshots: dict[str, asyncio.Task[VenueSnapshot]] = {}
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, ...]] = set()
 
     def plan(self, request: Request) -> list[WorkUnit]:
         venues = parse_venues(request.venues)
-        parse_types(request.types)
+        types = parse_types(request.types) or list(INSTRUMENT_TYPES)
         return [
             WorkUnit(
                 self.name,
@@ -288,6 +309,7 @@ class InstrumentsStage:
                 est_bytes=50_000,
                 params={
                     "venues": venues,
+                    "types": types,
                     "explicit": bool(request.venues),
                     "force": bool(request.options.get("force")),
                 },
@@ -304,7 +326,9 @@ class InstrumentsStage:
         from mdth_engine.storage.parquet import read_provenance, write_table
 
         venues: list[str] = unit.params["venues"]
+        types: list[str] = unit.params.get("types") or list(INSTRUMENT_TYPES)
         rows: list[dict[str, Any]] = []
+        unkeyed: dict[str, dict[str, Any]] = {}
         for venue in venues:
             try:
                 snap = await self.snapshot(venue)
@@ -313,21 +337,27 @@ class InstrumentsStage:
                     return UnitResult(
                         unit.unit_id, Outcome.FAILED, reason=f"venue {venue}: not offered by the source"
                     )
-                self._warn(venue, f"venue {venue}: not offered by the source, skipped")
+                self._warn((venue,), f"venue {venue}: not offered by the source, skipped")
                 continue
             except tardis.SourceUnavailable as exc:
                 return UnitResult(unit.unit_id, Outcome(exc.outcome), reason=str(exc))
             if snap.missing:
-                self._warn(venue, f"venue {venue}: {snap.missing}; tick sizes, expiries from symbols only")
-            venue_rows, _ = rows_for_day(snap, unit.day)
-            rows += venue_rows
+                self._warn((venue,), f"venue {venue}: {snap.missing}; tick sizes, expiries from symbols only")
+            venue_rows, venue_unkeyed = rows_for_day(snap, unit.day)
+            rows += [r for r in venue_rows if r["instrument_type"] in types]
+            if venue_unkeyed:
+                unkeyed[venue] = {"count": len(venue_unkeyed), "first": venue_unkeyed[:UNKEYED_SHOWN]}
+                self._warn(("unkeyed", venue, *venue_unkeyed), self._unkeyed_message(snap, venue_unkeyed))
         store = self.ctx.store
-        existing = await asyncio.to_thread(self._existing_rows, unit.output, set(venues))
+        existing = await asyncio.to_thread(self._existing_rows, unit.output, venues, types)
         table = to_table(existing + rows)
         digest = content_hash(table)
+        extra = {"unkeyed": unkeyed} if unkeyed else {}
         old = await asyncio.to_thread(read_provenance, store, unit.output)
         if old and old.get("content_sha256") == digest and not unit.params.get("force"):
-            return UnitResult(unit.unit_id, Outcome.SKIPPED, rows=table.num_rows, output=unit.output)
+            return UnitResult(
+                unit.unit_id, Outcome.SKIPPED, rows=table.num_rows, output=unit.output, extra=extra
+            )
         provenance = {
             "source_url": self.ctx.settings.tardis_api_url,
             "data_type": "instruments",
@@ -336,20 +366,36 @@ class InstrumentsStage:
         }
         written = await asyncio.to_thread(write_table, store, unit.output, table, provenance)
         return UnitResult(
-            unit.unit_id, Outcome.WRITTEN, rows=table.num_rows, bytes=written.bytes, output=unit.output
+            unit.unit_id,
+            Outcome.WRITTEN,
+            rows=table.num_rows,
+            bytes=written.bytes,
+            output=unit.output,
+            extra=extra,
         )
 
-    def _existing_rows(self, path: str, replaced: set[str]) -> list[dict[str, Any]]:
-        """Rows of venues this run does not touch, kept as they are."""
+    def _existing_rows(self, path: str, venues: list[str], types: list[str]) -> list[dict[str, Any]]:
+        """Rows of the (venue, type) pairs this run does not rebuild, kept as they are."""
         table = read_instruments(self.ctx.store, path)
         if table is None or not table.num_rows:
             return []
-        keep = pc.invert(pc.is_in(table["venue"], pa.array(sorted(replaced))))
-        return table.filter(keep).to_pylist()
+        rebuilt = pc.and_(
+            pc.is_in(table["venue"], pa.array(sorted(venues), pa.string())),
+            pc.is_in(table["instrument_type"], pa.array(sorted(types), pa.string())),
+        )
+        return table.filter(pc.invert(rebuilt)).to_pylist()
 
-    def _warn(self, venue: str, message: str) -> None:
-        if venue not in self._warned:
-            self._warned.add(venue)
+    @staticmethod
+    def _unkeyed_message(snap: VenueSnapshot, symbols: list[str]) -> str:
+        """One line naming how many symbols are left out of the master and the first few of them."""
+        how = " without metadata" if snap.missing else ""
+        shown = ", ".join(symbols[:UNKEYED_SHOWN]) + (", ..." if len(symbols) > UNKEYED_SHOWN else "")
+        return f"{snap.venue}: {len(symbols)} symbols could not be keyed{how} (not in the master): {shown}"
+
+    def _warn(self, key: tuple[str, ...], message: str) -> None:
+        """Emit a warning once per run for ``key`` (a venue, or "unkeyed", a venue and its symbols)."""
+        if key not in self._warned:
+            self._warned.add(key)
             self.ctx.sink(Event(Kind.WARNING, self.name, job=self.ctx.job_id, message=message))
 
 
