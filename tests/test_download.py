@@ -9,7 +9,12 @@ import io
 import json
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 from sim_fixtures import SIM_API_KEY
@@ -18,6 +23,7 @@ from mdth_engine.api import ensure_instruments, run_stage
 from mdth_engine.core.schemas import CSV_COLUMNS, csv_to_lake_name
 from mdth_engine.core.settings import load_settings
 from mdth_engine.stages.base import Request
+from mdth_engine.storage import layout
 from mdth_engine.storage.parquet import read_provenance
 from mdth_engine.storage.store import open_store
 
@@ -112,17 +118,39 @@ def test_rerun_skips_and_force_rewrites(sim_server, tmp_path):
 
 
 def test_faults_are_retried_until_every_unit_is_written(make_sim_server, tmp_path):
-    # Each dataset path fails once with each fault before it succeeds; the client and the stage must heal all of it.
-    sim = make_sim_server(faults="429:first=1:retry_after=0,cut:first=1,truncate:first=1")
+    # Each dataset path is answered 500, then 429, then a cut body, then a truncated gzip, then the file (the
+    # first status rule that fires answers, so staggered counts make every fault reach the client once).
+    faults = "500:first=1,429:first=2:retry_after=0,cut:first=3,truncate:first=4"
+    sim = make_sim_server(faults=faults)
     settings = settings_for(sim, tmp_path)
     summary = download(settings, symbols=SYMBOLS[:2], data_types=("trades", "book_snapshot_5"))
     assert summary.exit_code == 0, [f.reason for f in summary.failures]
     assert summary.outcomes == {"written": 4}
-    assert {"429", "cut", "truncate"} <= set(sim.faults.fired)
+    served: dict[str, list[tuple[int, str]]] = {}
+    for record in sim.requests:
+        if record.path.startswith("/datasets/"):
+            served.setdefault(record.path, []).append((record.status, record.fault.split(",")[0]))
+    assert len(served) == 4
+    for path, answers in served.items():
+        assert answers == [(500, "500"), (429, "429"), (200, "cut"), (200, "truncate"), (200, "")], path
     store = open_store(str(tmp_path))
     for result in summary.results:
-        source = source_rows(sim, result.unit_id)
-        assert pq.read_metadata(store.local_path(result.output)).num_rows == len(source)
+        data_type = result.unit_id.split("/")[2]
+        source = [normalise(data_type, r) for r in source_rows(sim, result.unit_id)]
+        table = pq.read_table(store.local_path(result.output))
+        assert lake_rows(table) == source and result.rows == len(source) > 0, result.unit_id
+
+
+def test_a_source_that_keeps_answering_500_fails_its_unit_within_the_unit_timeout(make_sim_server, tmp_path):
+    sim = make_sim_server(faults="500:p=1:path=/trades/.*BTCUSDT")
+    settings = settings_for(sim, tmp_path).model_copy(update={"unit_timeout_s": 3})
+    started = time.monotonic()
+    summary = download(settings, symbols=SYMBOLS[:1], data_types=("trades", "book_snapshot_5"))
+    assert time.monotonic() - started < 30
+    assert summary.outcomes == {"failed": 1, "written": 1} and summary.exit_code == 1
+    (failure,) = summary.failures
+    assert "/trades/" in failure.unit_id and "gave up after 3 s of retries" in failure.reason
+    assert not any(open_store(str(tmp_path)).list("raw_tick_data/by_date/day-2024-03-12/data_type-trades/"))
 
 
 def test_a_unit_that_keeps_failing_is_reported_and_the_rest_is_kept(make_sim_server, tmp_path):
@@ -131,6 +159,62 @@ def test_a_unit_that_keeps_failing_is_reported_and_the_rest_is_kept(make_sim_ser
     summary = download(settings, symbols=SYMBOLS[:1], data_types=("trades", "book_snapshot_5"))
     assert summary.outcomes == {"not_found": 1, "written": 1}
     assert summary.exit_code == 0  # not_found is an outcome, not a failure of the run
+
+
+@contextmanager
+def garbling_proxy(sim, garble):
+    """A datasets endpoint that serves the simulator's files with ``garble(lines)`` applied to their CSV lines."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            url = sim.datasets_url + self.path.split("?", 1)[0]
+            headers = {"Authorization": self.headers.get("Authorization", "")}
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as resp:
+                    lines = gzip.decompress(resp.read()).decode().splitlines()
+                status, body = 200, gzip.compress(("\n".join(garble(lines)) + "\n").encode())
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, exc.read()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_quarantined_bad_lines_are_kept_in_the_lake_and_the_good_rows_published(sim_server, tmp_path):
+    bad = {}
+
+    def garble(lines):
+        bad[3] = lines[3].rsplit(",", 1)[0]  # a column short
+        cols = lines[10].split(",")
+        bad[10] = ",".join([*cols[:5], "sideways", *cols[6:]])  # an unknown side
+        return [bad.get(i, line) for i, line in enumerate(lines)]
+
+    with garbling_proxy(sim_server, garble) as url:
+        settings = settings_for(sim_server, tmp_path).model_copy(update={"tardis_datasets_url": url})
+        summary = download(settings, symbols=SYMBOLS[:1], data_types=("trades",), on_bad_rows="quarantine")
+    assert summary.outcomes == {"written": 1} and summary.exit_code == 0
+    (result,) = summary.results
+    store = open_store(str(tmp_path))
+    kept = layout.quarantine_path(DAY, "trades", SYMBOLS[0])
+    assert result.reason == f"2 bad rows quarantined in {store.join(kept)}"
+    assert store.local_path(kept).read_text() == bad[3] + "\n" + bad[10] + "\n"
+    good = [r for i, r in enumerate(source_rows(sim_server, result.unit_id), start=1) if i not in bad]
+    table = pq.read_table(store.local_path(result.output))
+    assert lake_rows(table) == [normalise("trades", r) for r in good] and result.rows == len(good)
+    assert pq.read_metadata(store.local_path(result.output)).metadata[b"mdth.bad_rows"] == b"2"
 
 
 def test_unauthorized_off_the_first_of_the_month_without_a_key(sim_server, tmp_path):

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         "global/networks/default", description="Network of shard VMs (each gets an ephemeral external IP)."
     )
     concurrency: int = Field(8, ge=1, le=256, description="Work units in flight per worker.")
+    unit_timeout_s: float = Field(
+        900,
+        ge=1,
+        description="Seconds one Tardis file may take to download, retries included, before its unit fails.",
+    )
     binance_ws_url: str = Field(
         "wss://stream.binance.com:9443", description="Binance spot WebSocket (live streams)."
     )

@@ -4,6 +4,7 @@ A unit is (day, exchange, data type, dataset symbol). It is fetched with the off
 folder, converted in bounded memory, and published atomically with its provenance. A unit whose outputs carry
 the footer of the same source is skipped, so any run can be repeated after a crash and only finishes what is
 missing. Empty source days become empty files (rows=0); 401/404/not-exported stay outcomes, never files.
+Malformed lines kept with ``--on-bad-rows quarantine`` are published to the lake's quarantine/ folder.
 """
 
 from __future__ import annotations
@@ -199,7 +200,13 @@ class DownloadStage:
             attempt += 1
             try:
                 src = await tardis.download_file(
-                    settings, p["exchange"], p["data_type"], unit.day, p["symbol"], self.ctx.spool_dir
+                    settings,
+                    p["exchange"],
+                    p["data_type"],
+                    unit.day,
+                    p["symbol"],
+                    self.ctx.spool_dir,
+                    timeout_s=settings.unit_timeout_s,
                 )
             except tardis.SourceUnavailable as exc:
                 return UnitResult(unit.unit_id, Outcome(exc.outcome), reason=str(exc), output=unit.output)
@@ -279,10 +286,12 @@ class DownloadStage:
             }
             for pub in publishers.values():
                 pub.add_provenance(source)
+            # published before the Parquet files: a run that dies in between rewrites both, never loses the lines
+            kept = self._publish_quarantine(unit, result.quarantine_path, single)
         rows = sum(pub.rows for pub in publishers.values())
         outcome = Outcome.WRITTEN if rows else Outcome.EMPTY
         total = sum(pub.written.bytes for pub in publishers.values() if pub.written)
-        reason = f"{result.bad_rows} bad rows quarantined in {quarantine}" if result.bad_rows else ""
+        reason = f"{result.bad_rows} bad rows quarantined in {kept}" if kept else ""
         return UnitResult(
             unit.unit_id,
             outcome,
@@ -292,6 +301,24 @@ class DownloadStage:
             reason=reason,
             extra=source,
         )
+
+    def _publish_quarantine(self, unit: WorkUnit, local: Path | None, key: str | None) -> str:
+        """Move the bad lines from the spool (removed after the run) into the lake; return where they are.
+
+        A clean rewrite of a source that once had bad lines removes their stale file."""
+        p = unit.params
+        if p.get("on_bad_rows") != "quarantine":
+            return ""
+        name = key or f"{p['exchange']}-{p['symbol'].replace(':', '-').replace('/', '-')}"
+        path = layout.quarantine_path(unit.day, p["data_type"], name)
+        if local is None:
+            self.ctx.store.delete(path)
+            return ""
+        try:
+            self.ctx.store.put_file(path, local)
+        finally:
+            local.unlink(missing_ok=True)
+        return self.ctx.store.join(path)
 
 
 def make_stage(ctx: Any) -> DownloadStage:

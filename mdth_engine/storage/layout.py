@@ -49,6 +49,12 @@ def report_summary_path(day: dt.date) -> str:
     return f"{REPORTS_ROOT}/{day_dir(day)}/summary.json"
 
 
+def quarantine_path(day: dt.date, data_type: str, name: str) -> str:
+    """Malformed source lines kept by ``--on-bad-rows quarantine``, named after the raw file they were cut from:
+    ``name`` is its instrument key, or ``{exchange}-{symbol}`` of a grouped source file."""
+    return f"quarantine/by_date/{day_dir(day)}/data_type-{data_type}/{name}.bad.csv"
+
+
 def streaming_day_dir(day: dt.date) -> str:
     return f"{STREAMING_RAW_ROOT}/{day_dir(day)}"
 
