@@ -296,7 +296,9 @@ async def ensure_instruments(request: Request, settings: Settings, *, sink: Sink
     days = set(missing_master_days(request, settings))
     if not days:
         return None
-    sub = dataclasses.replace(request, operation="instruments", start=min(days), end=max(days), options={})
+    sub = dataclasses.replace(  # whole venues: a later request for other types must find them in the master
+        request, operation="instruments", start=min(days), end=max(days), types=(), options={}
+    )
     units = [u for u in get_stage("instruments", stage_context(settings)).plan(sub) if u.day in days]
     return await run_stage(sub, settings, sink=sink, concurrency=4, units=units)
 

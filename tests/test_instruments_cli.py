@@ -106,3 +106,26 @@ def test_build_with_types_adds_only_those_and_keeps_the_rest(sim_server, tmp_pat
     assert {r["instrument_type"] for r in new.values()} == {"PERPETUAL"}  # no options, chains or spot
     assert {"BINANCE-FUTURES:PERPETUAL:BTC-USDT", "DERIBIT:PERPETUAL:BTC-USD"} <= set(new)
     assert {k: after[k] for k in futures} == futures  # the futures written before are untouched
+
+
+def test_a_typed_download_builds_whole_venues_in_the_master(sim_server, tmp_path):
+    """`mdth download --types PERPETUAL` on a day without a master builds every type of its venues, so a later
+    `--types FUTURE` request finds the futures there."""
+    import asyncio
+    import datetime as dt
+
+    from mdth_engine.api import ensure_instruments
+    from mdth_engine.core.settings import load_settings
+    from mdth_engine.stages.base import Request
+
+    day = dt.date(2024, 3, 12)
+    settings = load_settings(
+        lake=str(tmp_path),
+        tardis_api_url=sim_server.api_url,
+        tardis_datasets_url=sim_server.datasets_url,
+        tardis_api_key=SIM_API_KEY,
+    )
+    request = Request("download", day, day, venues=("BINANCE-FUTURES",), types=("PERPETUAL",))
+    asyncio.run(ensure_instruments(request, settings))
+    types = {row["instrument_type"] for row in Lake(str(tmp_path)).instruments(day).to_pylist()}
+    assert {"PERPETUAL", "FUTURE"} <= types
