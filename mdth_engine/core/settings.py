@@ -71,9 +71,10 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(8, ge=1, le=256, description="Work units in flight per worker.")
     unit_timeout_s: float = Field(
-        900,
+        1800,
         ge=1,
-        description="Seconds one Tardis file may take to download, retries included, before its unit fails.",
+        description="Seconds one Tardis file may take to download, retries included, before its unit fails "
+        "(raise it for very large files on a slow link).",
     )
     binance_ws_url: str = Field(
         "wss://stream.binance.com:9443", description="Binance spot WebSocket (live streams)."
