@@ -668,6 +668,10 @@ def gen_layout() -> str:
         ("candles of one timeframe", L.candles_path(day, "1m", "BINANCE:SPOT_PAIR:BTC-USDT")),
         ("the validation report of a day", L.report_path(day)),
         ("its summary", L.report_summary_path(day)),
+        (
+            "bad source lines kept by --on-bad-rows quarantine",
+            L.quarantine_path(day, "trades", "BINANCE:SPOT_PAIR:BTC-USDT"),
+        ),
         ("live capture (rolled into by_date after midnight)", f"{L.STREAMING_ROOT}/..."),
         ("a job's request (no secrets)", L.job_spec_path(job)),
         ("its plan (units, shard of each)", L.job_plan_path(job)),
