@@ -55,6 +55,8 @@ async def test_error_answers(sim_server) -> None:  # noqa: F811
         got, headers, body = await _get(sim_server, path, key=SIM_API_KEY if code == 140 else None)
         assert (got, json.loads(body)["code"]) == (status, code), path
         assert headers["Content-Type"].startswith("application/json")
+    _, _, body = await _get(sim_server, "/datasets/v1/binance/trades/2024/03/01/DOGEUSDT.csv.gz")
+    assert "'DOGEUSDT'" in json.loads(body)["message"]  # the symbol as asked, not lower-cased
     status, _, body = await _get(sim_server, "/datasets/v1/binance/trades/2024/03/02/BTCUSDT.csv.gz")
     err = json.loads(body)
     assert err["providedParams"]["symbol"] == "BTCUSDT" and err["datasetInfo"]["id"] == "BTCUSDT"
@@ -324,3 +326,15 @@ def test_serve_usage_errors_exit_2_with_one_line(bad: list[str]) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("mdth: error: ")
+
+
+async def test_faults_never_lock_out_the_control_endpoints(make_sim_server) -> None:  # noqa: F811
+    """A fault on every path still lets `PUT /_sim/faults` clear it."""
+    sim = make_sim_server(faults="500:p=1:path=.")
+    assert (await _get(sim, TRADES))[0] == 500
+    async with aiohttp.ClientSession() as session:
+        async with session.put(sim.base_url + "/_sim/faults", data="") as resp:
+            assert resp.status == 200, await resp.text()
+        async with session.get(sim.base_url + "/_sim/requests") as resp:
+            assert resp.status == 200
+    assert (await _get(sim, TRADES))[0] == 200

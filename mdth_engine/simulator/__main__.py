@@ -1,4 +1,4 @@
-"""``python -m mdth_engine.simulator [--port N] [--scale S] ...``: the same as ``mdth sim serve``."""
+"""``python -m mdth_engine.simulator serve [--port N] [--scale S] ...``: the same as ``mdth sim serve``."""
 
 from __future__ import annotations
 

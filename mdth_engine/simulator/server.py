@@ -114,7 +114,8 @@ class SimulatorApp:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler):
-        fired = self.faults.pick(request.path) if self.faults else []
+        control = request.path.startswith("/_sim/")  # faults never lock out the endpoints that clear them
+        fired = self.faults.pick(request.path) if self.faults and not control else []
         status_fault = next((f for f in fired if f.kind in STATUS_KINDS), None)
         slow = next((f for f in fired if f.kind == "slow"), None)
         body_fault = next((f for f in fired if f.kind in ("cut", "truncate")), None)
@@ -313,9 +314,7 @@ class SimulatorApp:
             sources_for(exchange, data_type, day, symbol, self.config.scale_factor, self.config.scale_tag)
         except UnknownDataset as exc:
             status = 404 if "symbol" in str(exc) else 400
-            return _json(
-                status, {"code": 100, "message": str(exc).capitalize() + ".", "providedParams": params}
-            )
+            return _json(status, {"code": 100, "message": _sentence(str(exc)), "providedParams": params})
         except ValueError as exc:
             return _json(400, {"code": 100, "message": str(exc), "providedParams": params})
         info = self._dataset_info(exchange, symbol)
@@ -610,3 +609,8 @@ class SimulatorServer(AsyncSimulator):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _sentence(text: str) -> str:
+    """First letter up and a final period, the rest as written (a symbol keeps its case)."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
