@@ -1,9 +1,10 @@
 """Sparse reads benchmark: 20 windows of 2 minutes over a full-scale trades day, ranged reads vs whole files.
 
 Writes one seeded day of ~2M trades (bursty minutes, like the simulator's full-scale BTCUSDT day) in two
-layouts: the download stage's current one (64k-row groups, pyarrow's default 20k-row pages) and the sparse
-layout (same row groups, 1024-row pages with a page index, delta-encoded timestamps). Then, on a local lake
-and on GCS (fake-gcs-server behind the byte-counting proxy of tests/gcs_emulator.py), it times and counts:
+layouts: the download stage's (``stages.download.tick_write_options``: 64k-row groups, 1024-row pages with a
+page index, delta-encoded timestamps, zstd) and pyarrow's defaults (``pq.write_table`` as is: 1Mi-row groups,
+1 MiB pages, no page index, snappy). Then, on a local lake and on GCS (fake-gcs-server behind the counting
+proxy of tests/gcs_emulator.py: bytes served and GET requests), it times and counts:
 
 - whole file x20: the original system's get_sparse_candles: download the whole object for every window;
 - whole file x1: download once, filter the 20 windows in memory;
@@ -40,7 +41,7 @@ from lake_builders import DAY, PERP, SPOT, arrival_trades, write_ticks  # noqa: 
 from mdth_engine.core.timeframes import US_PER_DAY, US_PER_SECOND, day_start_us  # noqa: E402
 from mdth_engine.reader.footer import FOOTERS  # noqa: E402
 from mdth_engine.reader.scan import read_windows  # noqa: E402
-from mdth_engine.stages.download import ROW_GROUP_ROWS  # noqa: E402
+from mdth_engine.storage import layout  # noqa: E402
 from mdth_engine.storage.store import open_store  # noqa: E402
 
 MINUTE = 60 * US_PER_SECOND
@@ -93,35 +94,58 @@ METHODS: dict[str, Callable] = {
 }
 
 
-def measure(store, path, wins, want, repeat: int, served: Callable[[], int] | None):
+def download_layout(store, key: str, day: pa.Table) -> str:
+    """The file as the download stage writes it."""
+    return write_ticks(store, DAY, "trades", key, day)
+
+
+def pyarrow_default_layout(store, key: str, day: pa.Table) -> str:
+    """The file as ``pq.write_table`` writes it with no options."""
+    path = layout.raw_path(DAY, "trades", key)
+    sink = pa.BufferOutputStream()
+    pq.write_table(day, sink)
+    store.put_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+LAYOUTS: dict[str, tuple[Callable, str]] = {  # title -> (writer, a key to keep the two files apart)
+    "download stage layout (64k-row groups, 1024-row pages, page index)": (download_layout, SPOT),
+    "pyarrow defaults (1Mi-row groups, 1 MiB pages, no page index)": (pyarrow_default_layout, PERP),
+}
+
+
+def measure(store, path, wins, want, repeat: int, proxy=None):
+    """Per method: bytes the store read, share of the file, bytes and GETs on the wire (GCS), median seconds."""
     size = store.stat(path).size
     rows = []
     for name, method in METHODS.items():
-        times, fetched, over_wire = [], 0, 0
+        times, fetched, over_wire, gets = [], 0, 0, 0
         for i in range(repeat):
             if name == "mdth warm":
                 mdth_cold(store, path, wins)  # warm the cache outside the timing
-            before, wire = store.bytes_read, served() if served else 0
+            before = store.bytes_read
+            wire, requests = (proxy.bytes_served, proxy.get_requests) if proxy else (0, 0)
             start = time.perf_counter()
             got = method(store, path, wins)
             times.append(time.perf_counter() - start)
             if i == 0:
                 fetched = store.bytes_read - before
-                over_wire = (served() - wire) if served else 0
+                if proxy:
+                    over_wire, gets = proxy.bytes_served - wire, proxy.get_requests - requests
         for a, b in zip(got, want, strict=True):
             assert a.select(b.column_names).equals(b), name
-        rows.append((name, fetched, fetched / size, over_wire, statistics.median(times)))
+        rows.append((name, fetched, fetched / size, over_wire, gets, statistics.median(times)))
     return size, rows
 
 
 def report(title: str, size: int, rows, gcs: bool) -> None:
     print(f"\n{title}: file {size / 1e6:.1f} MB")
     head = f"  {'method':<16} {'bytes read':>12} {'of file':>8}"
-    head += f" {'served (wire)':>14}" if gcs else ""
+    head += f" {'served (wire)':>14} {'GETs':>6}" if gcs else ""
     print(head + f" {'seconds':>9}")
-    for name, fetched, share, wire, seconds in rows:
+    for name, fetched, share, wire, gets, seconds in rows:
         line = f"  {name:<16} {fetched / 1e6:>10.2f}MB {share:>8.2%}"
-        line += f" {wire / 1e6:>12.2f}MB" if gcs else ""
+        line += f" {wire / 1e6:>12.2f}MB {gets:>6}" if gcs else ""
         print(line + f" {seconds:>9.3f}")
 
 
@@ -142,15 +166,11 @@ def main() -> None:
         f"{day.num_rows:,} trades generated in {time.perf_counter() - t0:.1f} s; {WINDOWS} windows of 2 min "
         f"hold {sum(t.num_rows for t in want):,} rows"
     )
-    layouts = {  # title -> (pages, a key to keep the two files apart)
-        "download stage today (64k groups, 20k-row pages)": (None, SPOT),
-        "sparse layout (1024-row pages)": (1024, PERP),
-    }
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(tmp)
-        for title, (pages, key) in layouts.items():
-            path = write_ticks(store, DAY, "trades", key, day, row_group_size=ROW_GROUP_ROWS, page_rows=pages)
-            size, rows = measure(store, path, wins, want, args.repeat, None)
+        for title, (write, key) in LAYOUTS.items():
+            path = write(store, key, day)
+            size, rows = measure(store, path, wins, want, args.repeat)
             report(f"local, {title}", size, rows, gcs=False)
         if args.no_gcs:
             return
@@ -160,11 +180,9 @@ def main() -> None:
             os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
             emulator.create_bucket("bench-sparse")
             gcs = open_store("gs://bench-sparse/lake")
-            for title, (pages, key) in layouts.items():
-                path = write_ticks(
-                    gcs, DAY, "trades", key, day, row_group_size=ROW_GROUP_ROWS, page_rows=pages
-                )
-                size, rows = measure(gcs, path, wins, want, args.repeat, lambda: emulator.bytes_served)
+            for title, (write, key) in LAYOUTS.items():
+                path = write(gcs, key, day)
+                size, rows = measure(gcs, path, wins, want, args.repeat, emulator)
                 report(f"GCS emulator, {title}", size, rows, gcs=True)
 
 

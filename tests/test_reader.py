@@ -1,9 +1,11 @@
 """Ranged reads of lake files: the same rows as a full read, only the row groups, pages and columns needed,
-the footer once per file generation; and the Lake API on top (days, warnings, keys, times, sparse reads)."""
+the footer once per file generation, byte ranges coalesced into few requests; and the Lake API on top (days,
+warnings, keys, times, sparse reads)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import warnings
 
 import numpy as np
@@ -34,6 +36,7 @@ from mdth_engine.core.timeframes import US_PER_DAY, US_PER_SECOND, day_start_us
 from mdth_engine.features.spec import candle_schema
 from mdth_engine.reader import LakeWarning, ReadStats, read_windows, thrift
 from mdth_engine.reader.footer import FOOTERS, footer_bytes
+from mdth_engine.reader.ranges import COALESCE_GAP, MAX_RANGE, coalesce, fetch
 from mdth_engine.reader.times import duration_us, to_us
 from mdth_engine.storage import layout
 from mdth_engine.storage.parquet import write_table
@@ -353,6 +356,85 @@ def test_candles_over_days_and_sparse_candles_inclusive(two_day_lake):
         lake.candles(SPOT, "2m", "2024-01-01", "2024-01-02")
     with pytest.warns(LakeWarning, match="1h candles"):
         assert lake.candles(SPOT, "1h", "2024-01-01", "2024-01-02").num_rows == 0
+
+
+# --- coalesced byte ranges --------------------------------------------------------------------------------------
+
+
+def test_coalesce_merges_ranges_within_the_gap_only():
+    assert coalesce([(0, 10), (14, 20)], gap=4) == [(0, 20)]  # exactly the gap apart: one request
+    assert coalesce([(0, 10), (15, 20)], gap=4) == [(0, 10), (15, 20)]  # one byte more: two
+    assert coalesce([(0, 10), (10, 20)], gap=0) == [(0, 20)]  # adjacent ranges merge even with no gap
+    assert coalesce([(0, 10), (11, 20)], gap=0) == [(0, 10), (11, 20)]
+    far = 100 + COALESCE_GAP  # the default gap
+    assert coalesce([(0, 100), (far, far + 50)]) == [(0, far + 50)]
+    assert coalesce([(0, 100), (far + 1, far + 50)]) == [(0, 100), (far + 1, far + 50)]
+
+
+def test_coalesce_merges_overlaps_and_drops_empty_ranges():
+    assert coalesce([(0, 100), (50, 150)], gap=0) == [(0, 150)]
+    assert coalesce([(0, 100), (10, 20), (0, 100)], gap=0) == [(0, 100)]  # contained and repeated
+    assert coalesce([(5, 5), (9, 3)], gap=10) == []
+    assert coalesce([(5, 5), (0, 4), (9, 3)], gap=10) == [(0, 4)]
+
+
+def test_coalesce_sorts_its_input():
+    assert coalesce([(300, 310), (0, 10), (100, 110), (12, 20)], gap=4) == [(0, 20), (100, 110), (300, 310)]
+
+
+def test_coalesce_never_merges_past_the_longest_request():
+    assert coalesce([(0, 60), (62, 120)], gap=4, max_length=100) == [(0, 60), (62, 120)]
+    assert coalesce([(0, 60), (62, 100)], gap=4, max_length=100) == [(0, 100)]  # exactly the limit
+    # Overlapping but too long together: the second request fetches only what the first does not.
+    assert coalesce([(0, 80), (50, 150), (60, 70)], gap=4, max_length=100) == [(0, 80), (80, 150)]
+    # A range longer than the limit on its own is still one request (it is never cut).
+    assert coalesce([(0, 250), (251, 260)], gap=4, max_length=100) == [(0, 250), (251, 260)]
+    half = MAX_RANGE // 2 + 1  # the default limit: two adjacent halves are one byte or two too many
+    assert coalesce([(0, half), (half, 2 * half)]) == [(0, half), (half, 2 * half)]
+    assert coalesce([(0, half - 1), (half - 1, 2 * half - 2)]) == [(0, 2 * half - 2)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_coalesce_covers_every_byte_in_few_requests(seed):
+    rng = np.random.default_rng(seed)
+    size, gap, longest = 5_000, int(rng.integers(0, 50)), int(rng.integers(50, 400))
+    starts = rng.integers(0, size, 150)  # dense: runs of merged ranges often reach ``longest``
+    ranges = [(int(a), int(a + n)) for a, n in zip(starts, rng.integers(0, 50, 150), strict=True)]
+    out = coalesce(ranges, gap=gap, max_length=longest)
+    assert all(b - a <= longest for a, b in out)  # no input range is longer, so no request is
+    wanted = np.zeros(size + 200, bool)
+    for a, b in ranges:
+        wanted[a:b] = True
+    fetched = np.zeros_like(wanted)
+    for a, b in out:
+        assert a < b and not fetched[a:b].any()  # sorted below: disjoint, every request fetches something
+        fetched[a:b] = True
+    assert out == sorted(out)
+    assert not (wanted & ~fetched).any()  # every wanted byte is fetched
+    for a, b in out:  # what is fetched but not wanted is a hole of at most ``gap`` bytes between wanted ones
+        holes = np.flatnonzero(np.diff(np.r_[0, (~wanted[a:b]).astype(np.int8), 0]))
+        assert all(end - begin <= gap for begin, end in zip(holes[::2], holes[1::2], strict=True))
+        assert wanted[a] and wanted[b - 1]
+    for (a0, b0), (a1, b1) in itertools.pairwise(out):  # merged whenever allowed
+        assert a1 > b0 + gap or max(b1, b0) - a0 > longest
+
+
+def test_fetch_serves_each_range_exactly_from_the_coalesced_reads(local_store, day_trades):
+    path = write_ticks(local_store, DAY, "trades", SPOT, day_trades, row_group_size=8192, page_rows=1024)
+    data = local_store.get_bytes(path)
+    rng = np.random.default_rng(3)
+    ranges = [
+        (int(a), int(a + n))
+        for a, n in zip(rng.integers(0, len(data) - 9000, 40), rng.integers(1, 9000, 40), strict=True)
+    ]
+    before = local_store.bytes_read
+    fetched = fetch(local_store, path, ranges)
+    assert local_store.bytes_read - before == sum(b - a for a, b in coalesce(ranges)) == fetched.nbytes
+    for a, b in ranges:
+        assert bytes(fetched.get(a, b - a)) == data[a:b]
+    before = local_store.bytes_read
+    fetch(local_store, path, ranges[:10], into=fetched)  # held already: nothing fetched again
+    assert local_store.bytes_read == before
 
 
 # --- times ------------------------------------------------------------------------------------------------------
