@@ -403,3 +403,20 @@ def test_small_files_are_read_whole_and_projected_onto_a_schema(tmp_path: Path):
     assert table.to_pydict() == {"a": [1, 2], "c": [None, None], "b": ["x", "y"]}
     with open(path, "rb") as handle:
         assert read_whole(handle, columns=["b"]).to_pydict() == {"b": ["x", "y"]}
+
+
+def test_the_deploy_guide_commands_parse():
+    """deploy/README.md is gcloud and docker setup (not runnable here): its ``mdth`` lines, in blocks and in
+    prose, must still parse, so a renamed option cannot rot there either."""
+    page = REPO / "deploy" / "README.md"
+    commands = list(inline_commands(page))
+    for block in parse_blocks(page):
+        if block.lang == "sh":
+            commands += [(c.line, c.text) for c in shell_commands(block) if c.text.startswith("mdth ")]
+    assert any(text.startswith("mdth jobs cleanup") for _, text in commands)
+    problems = [
+        f"deploy/README.md:{line}: `{text}`: {problem}"
+        for line, text in commands
+        if (problem := check_parses(parse_args_of(text)))
+    ]
+    assert not problems, "\n".join(problems)
