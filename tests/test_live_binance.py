@@ -236,3 +236,72 @@ def test_symbols_and_keys_are_checked_before_connecting():
         "ws://h:1/stream?streams=btcusdt@trade/btcusdt@depth5@100ms",
         "ws://h:2/stream?streams=btcusdt@trade/btcusdt@depth5@100ms/btcusdt@markPrice@1s/btcusdt@forceOrder",
     ]
+
+
+async def events_until(source: BinanceSource, done, seconds: float) -> list:
+    """``async for event in source`` until ``done(events)`` or ``seconds``; the source is closed after."""
+    seen: list = []
+    stream = aiter(source)
+    try:
+        async with asyncio.timeout(seconds):
+            async for event in stream:
+                seen.append(event)
+                if done(seen):
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        await source.aclose()
+        await stream.aclose()
+    return seen
+
+
+@pytest.mark.parametrize("nth", [0, 3], ids=["buy", "sell"])
+async def test_force_orders_are_the_days_liquidations_and_book_tickers_its_quotes(sim_cache_dir, nth):  # noqa: F811
+    """The simulator's futures feed from shortly before a liquidation of the day's dataset (0: a short
+    liquidated, BUY; 3: a long, SELL), with ``?book_ticker=1``; read with ``async for event in source``."""
+    from mdth_engine.live.events import BookTicker, Liquidation
+
+    liquidations = history("binance-futures", "liquidations", "BTCUSDT")
+    want = liquidations[nth]
+    start = dt.datetime.fromtimestamp(int(want[2]) // 1_000_000 - 60, dt.UTC)
+    source = open_source(
+        f"sim:BTCUSDT?market=futures&speed=120&scale=small&book_ticker=1&start={start:%Y-%m-%dT%H:%M:%SZ}",
+        options={"cache_dir": str(sim_cache_dir)},
+    )
+    assert source.book_ticker and "btcusdt@bookTicker" in source.streams(futures=True)
+    events = await events_until(source, lambda seen: type(seen[-1]) is Liquidation, 20.0)
+    got = [e for e in events if type(e) is Liquidation]
+    assert len(got) == 1, [type(e).__name__ for e in events[-5:]]
+    liq = got[0]
+    assert (liq.key, liq.timestamp, liq.side, liq.price, liq.amount) == (
+        PERP,
+        int(want[2]),
+        want[5],
+        float(want[6]),
+        float(want[7]),
+    )
+    assert liq.side == ("buy" if nth == 0 else "sell")  # Binance's order side S: BUY closes a short
+    quotes = {int(r[2]): r for r in history("binance-futures", "book_ticker", "BTCUSDT")}
+    tickers = [e for e in events if type(e) is BookTicker]
+    assert len(tickers) >= 3 and all(t.key == PERP for t in tickers)
+    matched = [t for t in tickers if t.timestamp in quotes]
+    assert matched  # the dataset keeps only changes of the top of book; the feed sends every update
+    for t in matched:
+        row = quotes[t.timestamp]
+        assert (t.ask_amount, t.ask_price, t.bid_price, t.bid_amount) == tuple(float(v) for v in row[4:8])
+    assert all(t.bid_price < t.ask_price and t.bid_amount > 0 and t.ask_amount > 0 for t in tickers)
+
+
+def test_a_bare_scheme_takes_its_symbols_from_the_symbols_given():
+    assert open_source("binance", ["BTCUSDT"]).keys == (
+        SPOT,
+    )  # LiveFeatureStream(["BTCUSDT"], source="binance")
+    assert open_source("binance-futures", ["BTCUSDT"]).keys == (PERP,)
+    sim = open_source("sim?book_ticker=1", ["BTCUSDT"])
+    assert sim.spec == f"sim:{SPOT}" and sim.book_ticker
+    assert not open_source("sim:BTCUSDT").book_ticker
+    with pytest.raises(UsageError, match="name at least one Binance symbol"):
+        open_source("binance")
+    with pytest.raises(UsageError, match="unknown source 'replay'"):
+        open_source("replay", [SPOT])

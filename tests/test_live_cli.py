@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -75,6 +81,7 @@ def test_json_bars_from_a_replay_carry_every_feature_and_the_batch_numbers(lake)
     bars = [o for o in out if o["kind"] == "bar"]
     assert [o["event"] for o in out if o["kind"] == "event"] == ["warm_start", "end"]
     assert out[-1]["kind"] == "summary" and out[-1]["late"] == 0 and out[-1]["dropped"] == 0
+    assert "latency_p50_us" not in out[-1]  # a replay's events do not arrive: no arrival-to-bar latency
     assert [b["timeframe"] for b in bars].count("1h") == 24 and [b["timeframe"] for b in bars].count(
         "24h"
     ) == 1
@@ -101,6 +108,80 @@ def test_plain_lines_without_a_terminal(lake):
     rows = [line for line in proc.stdout.splitlines() if " 4h " in line]
     assert len(rows) == 6 and rows[0].startswith("2024-03-12T00:00:00.000000Z  BINANCE:SPOT_PAIR:BTC-USDT")
     assert "event end" in proc.stdout and "stream: " in proc.stderr
+    assert "replay: latency not measured" in proc.stderr and "p99" not in proc.stderr
+
+
+def test_a_live_source_reports_its_arrival_to_bar_latency(tmp_path):
+    source = f"sim:BTCUSDT?speed=60&start={DAY}T10:00:00Z"
+    proc = mdth(
+        "--json",
+        "stream",
+        "--source",
+        source,
+        "--timeframes",
+        "15s",
+        "--warm",
+        "0",
+        "--duration",
+        "3",
+        lake=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = lines(proc.stdout)[-1]
+    assert summary["kind"] == "summary" and summary["events_in"] > 0
+    assert 0 < summary["latency_p50_us"] <= summary["latency_p99_us"]
+
+
+def test_a_terminal_gets_the_live_table_and_the_status_line(lake):
+    """On a TTY (a pty here, 160 columns): the rich table with every instrument and timeframe's last closed bar,
+    the status line and the end notice; the summary goes to stderr."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = {**os.environ, "MDTH_LAKE": str(lake), "TERM": "xterm", "COLUMNS": "160", "LINES": "40"}
+    for name in ("NO_COLOR", "FORCE_COLOR", "TERM_PROGRAM"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "mdth_engine.cli", "stream", "--source", f"replay:{KEY}@{DAY}"]
+    cmd += ["--timeframes", "1h", "--speed", "max"]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    raw = b""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the process closed the terminal
+                    break
+                if not chunk:
+                    break
+                raw += chunk
+            elif proc.poll() is not None:
+                break
+        err = proc.communicate(timeout=60)[1].decode()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert b"\x1b[" in raw  # drawn with terminal control codes, not printed as plain lines
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode()).replace("\r", "\n")
+    screen = text[text.rindex("instrument") :]  # the last frame drawn
+    cells = [[c.strip() for c in re.split("[┃│]", line)] for line in screen.splitlines()]
+    assert cells[0] == [
+        "instrument", "tf", "bar", "open", "high", "low", "close", "volume", "trades", "vwap", "spread bps", "flags",
+    ]  # fmt: skip
+    batch = pq.read_table(open_store(str(lake)).local_path(layout.candles_path(DAY, "1h", KEY)))
+    last = batch.to_pylist()[-1]
+    (row,) = [c for c in cells if c[0] == KEY]
+    assert row[:3] == [KEY, "1h", "23:00:00"] and row[-1] == ""  # the day's last hourly bar, no flags
+    assert row[6] == f"{last['close']:.6g}" and row[8] == str(last["trade_count"])
+    status = next(line for line in screen.splitlines() if " events (" in line)
+    assert re.search(r"[\d,]+ events \([\d,]+/s\)  24 bars  late 0  dropped 0  disconnects 0", status), status
+    assert "replay: latency not measured" in status
+    assert " end: " in screen and "stream: " in err
 
 
 @pytest.mark.parametrize(

@@ -460,6 +460,31 @@ def test_bars_table_has_the_candle_columns_and_flags():
     assert table["partial"].to_pylist() == [True]
 
 
+def test_a_live_table_made_before_a_feature_was_added_gains_its_column(tmp_path):
+    import duckdb
+
+    from mdth_engine.features.spec import FEATURE_NAMES
+
+    newest = FEATURE_NAMES[-1]
+    path = tmp_path / "wh.duckdb"
+    writer = BarWriter(f"duckdb:///{path}")
+    old = Bar(KEY, "1m", {"timestamp": 0, "timestamp_out": 60 * SEC, **_features(1)})
+    assert writer.write([old]) == 1
+    con = duckdb.connect(str(path))
+    con.execute(f'ALTER TABLE live_candles_1m DROP COLUMN "{newest}"')  # the table of an older release
+    con.close()
+    new = Bar(KEY, "1m", {"timestamp": 60 * SEC, "timestamp_out": 120 * SEC, **_features(2)})
+    assert writer.write([new, old]) == 2
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute(
+            f'SELECT epoch_us(timestamp), "{newest}", "open" FROM live_candles_1m ORDER BY 1'
+        ).fetchall()
+    finally:
+        con.close()
+    assert rows == [(0, None, 1.0), (60 * SEC, 2.0, 2.0)]  # the old row kept (null), the new one filled
+
+
 # -- queues -------------------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from mdth_engine.cli import app
 from mdth_engine.core.errors import UsageError
+from mdth_engine.storage import layout
 from mdth_engine.storage.store import open_store
 from mdth_engine.warehouse import parse_warehouse_url
 
@@ -143,6 +144,44 @@ def test_usage_errors_are_one_line_exit_2(lake):
     # The same contract seen from a real process: one line on stderr, no traceback.
     proc = mdth("sql", "SELEC 1", "--lake", root)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_gce_upload_refuses_a_duckdb_warehouse_before_any_vm(gcs_bucket, tmp_path, monkeypatch):
+    """Each VM would load into a DuckDB file on its own boot disk and delete it with itself (the job would say
+    success), so `--backend gce` with a duckdb: warehouse is a usage error. The lake is on the GCS emulator and
+    the Compute API is the loopback stand-in (tests/compute_standin.py, not Google), which must see no call."""
+    from compute_standin import ComputeStandIn
+
+    lake = f"gs://{gcs_bucket}/lake"
+    fill_lake(open_store(lake), [D1], ["1h"])
+    monkeypatch.delenv("MDTH_WAREHOUSE", raising=False)  # the default: duckdb:///./mdth-warehouse.duckdb
+    monkeypatch.setenv("MDTH_CONFIG", str(tmp_path / "no-mdth.toml"))
+    with ComputeStandIn(project="test-project", zone="europe-west1-b") as api:
+        api.boot = False
+        monkeypatch.setenv("MDTH_GCE_API_ENDPOINT", api.url)
+        monkeypatch.setenv("MDTH_GCP_PROJECT", "test-project")
+        monkeypatch.setenv("MDTH_GCP_ZONE", "europe-west1-b")
+        for extra in ([], ["--warehouse", f"duckdb:///{tmp_path / 'wh.duckdb'}"]):
+            proc = mdth(
+                "upload",
+                "--start",
+                "2024-05-01",
+                "--timeframes",
+                "1h",
+                "--backend",
+                "gce",
+                "--lake",
+                lake,
+                *extra,
+            )
+            assert proc.returncode == 2, (extra, proc.stdout, proc.stderr)
+            err = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert len(err) == 1 and err[0].endswith(
+                "--backend gce needs a warehouse the VMs share: "
+                "set MDTH_WAREHOUSE=bigquery://project/dataset (or --warehouse)"
+            ), proc.stderr
+        assert api.requests == []  # no VM was asked for
+    assert list(open_store(lake).list(layout.JOBS_ROOT + "/")) == []  # and no job was created
 
 
 def test_dry_run_lists_units_and_target(lake):

@@ -276,14 +276,13 @@ async def _stream(source, symbols, timeframes, options, token_file, duration, as
         if written_token is not None:
             with contextlib.suppress(OSError):
                 written_token.unlink()
-    stats = stream.stats()
+    s = _summary(stream)
     if as_json:
-        print_json({"kind": "summary", **_summary(stats)})
+        print_json({"kind": "summary", **s})
     else:
-        s = _summary(stats)
         typer.echo(
             f"stream: {s['events_in']:,} events, {s['bars']:,} bars, {s['late']} late, "
-            f"{s['dropped']} dropped, latency p50 {s['latency_p50_us']:.0f} us / p99 {s['latency_p99_us']:.0f} us",
+            f"{s['dropped']} dropped, {_latency_text(s)}",
             err=True,
         )
     error = stream.error
@@ -325,21 +324,34 @@ def _num(value: Any) -> str:
     return "nan" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _summary(stats: dict[str, Any]) -> dict[str, Any]:
+def _summary(stream: Any) -> dict[str, Any]:
+    """The stream's counters; arrival-to-bar latency only for a live source (a replay's events do not arrive:
+    its figure would time how long a chunk of events waited to be built, not the engine)."""
+    from mdth_engine.live.sources.replay import ReplaySource
+
+    stats = stream.stats()
     engine = stats.get("engine", {})
-    return {
+    out = {
         "events_in": engine.get("events_in", 0),
         "bars": engine.get("bars", 0),
         "late": engine.get("late", 0),
         "disconnects": engine.get("disconnects", 0),
         "dropped": sum(q["dropped"] for q in stats.get("queues", [])),
-        "latency_p50_us": _finite(engine.get("latency_p50_us")),
-        "latency_p99_us": _finite(engine.get("latency_p99_us")),
         "uptime_s": stats.get("uptime_s"),
         "source": stats.get("source", {}),
         "journal": stats.get("journal"),
         "warehouse": stats.get("warehouse"),
     }
+    if not isinstance(stream.source, ReplaySource):
+        out["latency_p50_us"] = _finite(engine.get("latency_p50_us"))
+        out["latency_p99_us"] = _finite(engine.get("latency_p99_us"))
+    return out
+
+
+def _latency_text(summary: dict[str, Any]) -> str:
+    if "latency_p50_us" not in summary:
+        return "replay: latency not measured"
+    return f"latency p50 {summary['latency_p50_us']:.0f} us / p99 {summary['latency_p99_us']:.0f} us"
 
 
 def _finite(value: Any) -> float:
@@ -440,12 +452,11 @@ class _TtyView:
                 else:
                     cells.append(_num(d[name]))
             table.add_row(*cells)
-        s = _summary(self.stream.stats())
+        s = _summary(self.stream)
         elapsed = max(time.monotonic() - self.started, 1e-9)
         status = Text(
             f"{s['events_in']:,} events ({s['events_in'] / elapsed:,.0f}/s)  {s['bars']:,} bars  late {s['late']}  "
-            f"dropped {s['dropped']}  disconnects {s['disconnects']}  "
-            f"latency p50 {s['latency_p50_us']:.0f} us p99 {s['latency_p99_us']:.0f} us",
+            f"dropped {s['dropped']}  disconnects {s['disconnects']}  {_latency_text(s)}",
             style="dim",
         )
         return Group(table, status, *(Text(n, style="dim") for n in self.notes))

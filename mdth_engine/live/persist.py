@@ -5,12 +5,15 @@ built from the lake stay in ``candles_{timeframe}``, so a live table never distu
 ``day, instrument_key``, the candle columns of the feature spec, ``spans_disconnect, partial`` and
 ``inserted_at``. De-duplication: DuckDB has a primary key on (instrument_key, timestamp) and inserts with
 ``ON CONFLICT DO NOTHING``; BigQuery gets streaming inserts (``insertAll``) whose insert id is
-``{instrument_key}|{timeframe}|{timestamp_us}``, so a retried request never doubles a bar.
+``{instrument_key}|{timeframe}|{timestamp_us}``, so a retried request never doubles a bar. A table made
+before a feature was added gains its column (nullable, older rows keep null) before the insert, in the same
+transaction, as a candle load does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import time
@@ -97,13 +100,14 @@ class BarWriter:
     def _write_duckdb(self, tables: dict[str, pa.Table]) -> None:
         from pathlib import Path
 
-        from mdth_engine.warehouse.duck import connect, quote
+        from mdth_engine.warehouse.duck import _ensure_table, connect, quote
         from mdth_engine.warehouse.schema import duckdb_type
 
         path = Path(self.parsed.path or "").expanduser().absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         con = connect(path, lock_timeout=self.options.get("lock_timeout", 60.0))
         try:
+            con.execute("BEGIN TRANSACTION")
             for tf, table in tables.items():
                 name = quote(live_table_name(tf))
                 cols = ", ".join(
@@ -114,12 +118,20 @@ class BarWriter:
                 con.execute(
                     f'CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY (instrument_key, "timestamp"))'
                 )
+                # A feature added since the table was made: add its column first, as a candle load does (an
+                # ON CONFLICT insert naming a column the table lacks drops that column's values silently).
+                _ensure_table(con, live_table_name(tf), table.schema)
                 con.register("mdth_live_bars", table)
                 names = ", ".join(quote(n) for n in table.column_names)
                 con.execute(
                     f"INSERT INTO {name} ({names}) SELECT {names} FROM mdth_live_bars ON CONFLICT DO NOTHING"
                 )
                 con.unregister("mdth_live_bars")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            raise
         finally:
             con.close()
 

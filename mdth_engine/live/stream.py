@@ -14,7 +14,8 @@ A replay ends when its data ends (every bar of its days closed); a live stream r
 Slow consumers: this iterator's queue blocks by default (no bar is ever lost; the engine waits), or drops its
 oldest bars with ``policy="drop_oldest"`` (a display); server clients always drop oldest; the warehouse writer
 and the journal always block. ``stats()`` has the counters: events in, late, per-queue in/dropped/lag, and the
-arrival-to-bar latency percentiles.
+arrival-to-bar latency percentiles (live sources only mean it: a replay's figure times how long its events
+waited in a chunk being built).
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@
 ``tardis-machine://127.0.0.1:8001/binance-futures/BTCUSDT``  a tardis-machine's normalized real-time stream
 =====================================================  ===================================================
 
-Symbols given separately (``symbols=``) join those in the name. ``speed`` (1x, 10x, max) applies to replays and
-the simulator. A name that does not parse is a ``UsageError`` saying what was expected.
+Symbols given separately (``symbols=``) join those in the name, so a bare ``binance``, ``binance-futures`` or
+``sim`` is a name too when they are given. ``?book_ticker=1`` adds the best bid/ask stream of Binance (or of the
+simulator). ``speed`` (1x, 10x, max) applies to replays and the simulator. A name that does not parse is a
+``UsageError`` saying what was expected.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mdth_engine.core.errors import UsageError
 from mdth_engine.live.sources.base import Source
 
 SCHEMES = ("binance", "binance-futures", "replay", "sim", "tardis-machine")
+BARE_SCHEMES = ("binance", "binance-futures", "sim")  # names whose symbols can all come from ``symbols=``
 EXAMPLES = (
     "binance:BTCUSDT, binance-futures:BTCUSDT, replay:BINANCE:SPOT_PAIR:BTC-USDT@2024-01-01, "
     "sim:BTCUSDT, tardis-machine://127.0.0.1:8001/binance-futures/BTCUSDT"
@@ -50,6 +53,9 @@ def open_source(
     extra = list(symbols or [])
     if text.startswith("tardis-machine://"):
         return _tardis_machine(text, extra, options)
+    head = text.split("?", 1)[0]
+    if head.lower() in BARE_SCHEMES:  # ``binance`` or ``sim?book_ticker=1``: every symbol from ``symbols``
+        text = f"{head}:{text[len(head) :]}"
     scheme, sep, rest = text.partition(":")
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
@@ -90,7 +96,14 @@ def _sim(rest: str, extra: list[str], query: dict[str, str], speed: Any, options
             raise UsageError(f"sim start {query['start']!r} is not an ISO date/time") from None
         if start.tzinfo is None:
             start = start.replace(tzinfo=dt.UTC)
-    return SimSource(keys, speed=rate, start=start, scale=query.get("scale"), **options)
+    return SimSource(
+        keys,
+        speed=rate,
+        start=start,
+        scale=query.get("scale"),
+        book_ticker=query.get("book_ticker") == "1",
+        **options,
+    )
 
 
 def _replay(
