@@ -254,3 +254,23 @@ def test_warehouse_urls():
 def test_the_endpoint_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("MDTH_BIGQUERY_API_ENDPOINT", "http://127.0.0.1:1234")
     assert parse_warehouse_url("bigquery://p/d").endpoint == "http://127.0.0.1:1234"
+
+
+def test_a_remote_upload_job_needs_a_shared_warehouse_whoever_creates_it():
+    """The check lives in create_job, so the console and the API are refused like the CLI, before any plan."""
+    import datetime as dt
+
+    import pytest
+
+    from mdth_engine.core.errors import UsageError
+    from mdth_engine.core.settings import load_settings
+    from mdth_engine.jobs.manage import create_job
+    from mdth_engine.stages.base import Request
+    from mdth_engine.storage.store import open_store
+
+    settings = load_settings(lake="gs://no-such-bucket/lake", gcp_project="p", warehouse=None)
+    day = dt.date(2024, 3, 1)
+    with pytest.raises(UsageError, match="needs a warehouse the VMs share"):
+        create_job(
+            open_store(settings.lake), Request("upload", day, day), shards=2, backend="gce", settings=settings
+        )

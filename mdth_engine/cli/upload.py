@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from mdth_engine.cli.common import JsonOpt, LakeOpt, date_range, json_mode, print_json, settings_for
-from mdth_engine.core.errors import UsageError
 
 WarehouseOpt = Annotated[
     str | None,
@@ -17,16 +16,6 @@ WarehouseOpt = Annotated[
         "[?location=EU] (default: MDTH_WAREHOUSE, else warehouse.duckdb in the lake folder).",
     ),
 ]
-
-
-def check_shared_warehouse(backend: str, kind: str) -> None:
-    """Workers on other machines cannot share a DuckDB file: each VM would load into one on its own boot disk
-    and delete it with itself, and the job would still report success."""
-    if backend != "local" and kind == "duckdb":
-        raise UsageError(
-            f"--backend {backend} needs a warehouse the VMs share: "
-            "set MDTH_WAREHOUSE=bigquery://project/dataset (or --warehouse)"
-        )
 
 
 def register(app: typer.Typer) -> None:
@@ -74,7 +63,9 @@ def register(app: typer.Typer) -> None:
         )
         settings = settings_for(ctx, lake, warehouse=warehouse)
         target = parse_warehouse_url(settings.warehouse_url(), default_project=settings.gcp_project)
-        check_shared_warehouse(backend, target.kind)
+        from mdth_engine.jobs.manage import check_shared_warehouse
+
+        check_shared_warehouse(backend, settings)
         if dry_run:
             from mdth_engine.api import plan_stage
 

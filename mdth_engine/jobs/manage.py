@@ -26,6 +26,16 @@ from mdth_engine.stages.base import Request, WorkUnit
 from mdth_engine.storage import layout
 
 
+def check_shared_warehouse(backend: str, settings: Settings) -> None:
+    """Workers on other machines cannot share a DuckDB file: each VM would load into one on its own boot disk
+    and delete it with itself, and the job would still report success."""
+    if backend != "local" and settings.warehouse_url().startswith("duckdb:"):
+        raise UsageError(
+            f"--backend {backend} needs a warehouse the VMs share: "
+            "set MDTH_WAREHOUSE=bigquery://project/dataset (or --warehouse)"
+        )
+
+
 def create_job(
     store: Any,
     request: Request,
@@ -44,6 +54,8 @@ def create_job(
     if shards < 1:
         raise UsageError(f"--shards must be at least 1, got {shards}")
     check_backend(backend, settings)
+    if request.operation == "upload":
+        check_shared_warehouse(backend, settings)
     job_id = new_job_id(request.operation)
     if units is None:
         spool = Path(tempfile.mkdtemp(prefix="mdth-plan-"))

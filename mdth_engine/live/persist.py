@@ -100,7 +100,7 @@ class BarWriter:
     def _write_duckdb(self, tables: dict[str, pa.Table]) -> None:
         from pathlib import Path
 
-        from mdth_engine.warehouse.duck import _ensure_table, connect, quote
+        from mdth_engine.warehouse.duck import connect, ensure_table, quote
         from mdth_engine.warehouse.schema import duckdb_type
 
         path = Path(self.parsed.path or "").expanduser().absolute()
@@ -120,7 +120,7 @@ class BarWriter:
                 )
                 # A feature added since the table was made: add its column first, as a candle load does (an
                 # ON CONFLICT insert naming a column the table lacks drops that column's values silently).
-                _ensure_table(con, live_table_name(tf), table.schema)
+                ensure_table(con, live_table_name(tf), table.schema)
                 con.register("mdth_live_bars", table)
                 names = ", ".join(quote(n) for n in table.column_names)
                 con.execute(

@@ -135,7 +135,7 @@ class DuckDBWarehouse:
             con.execute("BEGIN TRANSACTION")
             try:
                 _ensure_loads_table(con)
-                added = _ensure_table(con, batch.table, schema)
+                added = ensure_table(con, batch.table, schema)
                 rows = self._replace_day(con, batch, schema)
                 _insert_record(con, batch, rows, job_id)
                 con.execute("COMMIT")
@@ -253,7 +253,7 @@ def _column_sql(field: pa.Field) -> str:
     return f"{quote(field.name)} {duckdb_type(field)}{null}"
 
 
-def _ensure_table(con: Any, name: str, schema: pa.Schema) -> list[str]:
+def ensure_table(con: Any, name: str, schema: pa.Schema) -> list[str]:
     """Create the table, or add the columns it lacks (nullable); a column whose type changed is an error."""
     existing = _columns(con, name)
     if not existing:
@@ -268,7 +268,7 @@ def _ensure_table(con: Any, name: str, schema: pa.Schema) -> list[str]:
             added.append(field.name)
         elif have != want:
             raise WarehouseError(
-                f"column {field.name!r} of {name} is {have} in the warehouse but {want} in the lake files"
+                f"column {field.name!r} of {name} is {have} in the warehouse but {want} in the new rows"
             )
     return added
 
