@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-from mdth_engine.core.settings import Settings
+from mdth_engine.core.settings import Settings, SettingsError, unknown_config_keys
+
+BIGQUERY_FIX = (
+    "gcloud auth application-default login, or a service account with roles/bigquery.dataEditor + "
+    "roles/bigquery.jobUser"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +101,27 @@ def check_lake(settings: Settings) -> Check:
     return Check("lake", "ok" if ok else "fail", f"{url} is writable" if ok else f"{url}: read back differs")
 
 
-def check_warehouse(settings: Settings) -> Check:
+def check_settings(load: Callable[[], Settings]) -> tuple[Settings | None, Check]:
+    """Load the settings: a bad value fails the row (nothing else can be checked), unknown mdth.toml keys warn."""
+    try:
+        settings = load()
+    except SettingsError as exc:
+        return None, Check(
+            "settings",
+            "fail",
+            str(exc),
+            "correct the value where it is set (that environment variable or mdth.toml key), "
+            "or unset it for the default",
+        )
+    unknown = unknown_config_keys()
+    if unknown:
+        return settings, Check(
+            "settings", "warn", "; ".join(unknown), "rename or remove the key in mdth.toml: it has no effect"
+        )
+    return settings, Check("settings", "ok", f"lake {settings.lake}")
+
+
+def check_warehouse(settings: Settings, timeout: float = 5.0) -> Check:
     url = settings.warehouse_url()
     try:
         from mdth_engine.warehouse.url import parse_warehouse_url
@@ -102,12 +129,12 @@ def check_warehouse(settings: Settings) -> Check:
         parsed = parse_warehouse_url(url, default_project=settings.gcp_project)
     except Exception as exc:
         return Check("warehouse", "fail", f"{url}: {exc}", "use duckdb:///path or bigquery://project/dataset")
-    if parsed.kind == "duckdb" and parsed.path is not None:
+    if parsed.kind == "bigquery":
+        return check_bigquery(parsed, timeout)
+    if parsed.path is not None:
         folder = parsed.path.expanduser().resolve().parent
         while not folder.exists():
             folder = folder.parent
-        import os
-
         if not os.access(folder, os.W_OK):
             return Check(
                 "warehouse", "fail", f"{parsed.display}: {folder} is not writable", "set MDTH_WAREHOUSE"
@@ -115,14 +142,68 @@ def check_warehouse(settings: Settings) -> Check:
     return Check("warehouse", "ok", f"{parsed.display} ({parsed.kind})")
 
 
-def run_checks(settings: Settings, *, timeout: float = 5.0) -> list[Check]:
+def check_bigquery(parsed: Any, timeout: float) -> Check:
+    """Credentials load and the dataset answers, with the client and endpoint an upload would use."""
+    import google.auth
+    from google.api_core import exceptions as api
+    from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
+
+    from mdth_engine.warehouse.bigquery import BigQueryWarehouse, _one_line
+
+    name = f"{parsed.project}.{parsed.dataset}"
+    credentials = (
+        None  # a plain-http endpoint is a loopback stand-in: the warehouse sends no credentials there
+    )
+    if not (parsed.endpoint or "").startswith("http://"):
+        try:
+            credentials, _ = google.auth.default()
+        except DefaultCredentialsError:
+            return Check("warehouse", "fail", f"{parsed.display}: no Google credentials found", BIGQUERY_FIX)
+    warehouse = BigQueryWarehouse(
+        parsed.project, parsed.dataset, parsed.location, endpoint=parsed.endpoint, credentials=credentials
+    )
+    who = getattr(credentials, "service_account_email", None) or "your account"
+    try:
+        dataset = warehouse.client.get_dataset(name, retry=None, timeout=timeout)
+    except api.NotFound:
+        return Check(
+            "warehouse",
+            "warn",
+            f"{parsed.display}: dataset {name} does not exist yet",
+            f"the first `mdth upload` creates it if {who} has roles/bigquery.dataEditor on {parsed.project}",
+        )
+    except (api.Forbidden, api.Unauthorized, GoogleAuthError) as exc:
+        return Check("warehouse", "fail", f"{parsed.display}: access refused: {_one_line(exc)}", BIGQUERY_FIX)
+    except Exception as exc:  # network, endpoint, timeout: say which and where it pointed
+        where = parsed.endpoint or "bigquery.googleapis.com"
+        return Check(
+            "warehouse",
+            "fail",
+            f"{parsed.display}: {where}: {_one_line(exc)}",
+            "check the network, and MDTH_BIGQUERY_API_ENDPOINT / endpoint= if set",
+        )
+    if parsed.location and dataset.location and dataset.location.upper() != parsed.location.upper():
+        return Check(
+            "warehouse",
+            "fail",
+            f"{parsed.display}: dataset {name} is in {dataset.location}",
+            f"use ?location={dataset.location} in MDTH_WAREHOUSE, or another dataset",
+        )
+    return Check("warehouse", "ok", f"{parsed.display}: dataset {name} answers (location {dataset.location})")
+
+
+def run_checks(load: Callable[[], Settings], *, timeout: float = 5.0) -> list[Check]:
+    """Every check; ``load`` gives the settings, so a bad setting is a failing row instead of an exit."""
+    settings, first = check_settings(load)
+    if settings is None:
+        return [first]
     return [
-        Check("settings", "ok", f"lake {settings.lake}"),
+        first,
         check_key(settings),
         check_tardis_api(settings, timeout),
         check_tardis_datasets(settings, timeout),
         check_lake(settings),
-        check_warehouse(settings),
+        check_warehouse(settings, timeout),
     ]
 
 

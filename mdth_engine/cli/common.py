@@ -11,13 +11,14 @@ import dataclasses
 import io
 import json
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 import typer
 
 from mdth_engine.core.errors import UsageError
-from mdth_engine.core.settings import Settings, load_settings
+from mdth_engine.core.settings import Settings, SettingsWarning, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,11 +45,19 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def settings_for(ctx: typer.Context, lake: str | None = None, **overrides: Any) -> Settings:
-    """Settings with the command line on top: the command's ``--lake`` wins over the global one."""
-    try:
-        return load_settings(lake=lake or state(ctx).lake, **overrides)
-    except Exception as exc:  # pydantic validation: a bad env var or mdth.toml value
-        raise UsageError(f"invalid settings: {_first_line(exc)}") from None
+    """Settings with the command line on top: the command's ``--lake`` wins over the global one.
+
+    A bad setting is a ``SettingsError`` (exit 2, one line naming it); warnings about mdth.toml (an unknown
+    key) become ``mdth: warning:`` lines on stderr.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        settings = load_settings(lake=lake or state(ctx).lake, **overrides)
+    for warning in caught:
+        if issubclass(warning.category, SettingsWarning):
+            typer.echo(f"mdth: warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return settings
 
 
 def json_mode(ctx: typer.Context, json_flag: bool = False) -> bool:
@@ -130,11 +139,6 @@ def human_bytes(n: float) -> str:
 def split_list(text: str | None) -> list[str]:
     """A comma list from the command line (``None`` or empty -> no filter)."""
     return [p.strip() for p in (text or "").split(",") if p.strip()]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def fail_usage(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 import typer
@@ -18,9 +19,12 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Check settings, the API key, the Tardis endpoints, the lake and the warehouse; exit 1 if any fails."""
+        from mdth_engine.core.settings import SettingsWarning
         from mdth_engine.doctor import as_rows, run_checks
 
-        checks = run_checks(settings_for(ctx, lake), timeout=timeout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SettingsWarning)  # the settings row shows them, with the fix
+            checks = run_checks(lambda: settings_for(ctx, lake), timeout=timeout)
         print_rows(
             as_rows(checks),
             ["name", "status", "detail", "fix"],

@@ -5,11 +5,14 @@ Precedence: command-line overrides > environment > ``mdth.toml`` (or the file ``
 
 from __future__ import annotations
 
+import difflib
 import os
+import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,8 +20,20 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mdth_engine.core.errors import UsageError
+
 DEFAULT_TARDIS_API_URL = "https://api.tardis.dev/v1"
 DEFAULT_TARDIS_DATASETS_URL = "https://datasets.tardis.dev/v1"
+_SECRET_FIELDS = frozenset({"tardis_api_key"})  # their values are never quoted in an error
+_SHOWN_VALUE = 60  # characters of a bad value quoted in an error
+
+
+class SettingsError(UsageError):
+    """A setting that does not validate, or an unreadable mdth.toml: the message names it and where to fix it."""
+
+
+class SettingsWarning(UserWarning):
+    """Something in mdth.toml that loading ignores (a misspelled key): settings still load."""
 
 
 def _config_file() -> Path:
@@ -118,8 +133,78 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings as configured, with non-None ``overrides`` (command-line options) on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings as configured, with non-None ``overrides`` (command-line options) on top.
+
+    A bad value is a ``SettingsError`` naming each bad setting; an unknown mdth.toml key is a ``SettingsWarning``.
+    """
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(describe_invalid(exc)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            f"{_config_file()} is not valid TOML: {exc} (fix it, or point MDTH_CONFIG at another file)"
+        ) from None
+    for line in unknown_config_keys():
+        _warn_once(line)
+    return settings
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line naming each bad setting, its value and where it is set, from pydantic's error details."""
+    parts = []
+    for error in exc.errors():
+        name = _field_name(str(error["loc"][0]) if error["loc"] else "")
+        env = f"MDTH_{name.upper()}"
+        value = "(hidden)" if name in _SECRET_FIELDS else repr(_shorten(error.get("input")))
+        parts.append(f"{env}={value}: {error['msg']} (env {env} or {_config_file().name} key {name})")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def unknown_config_keys() -> list[str]:
+    """One line per mdth.toml key that is no setting (loading ignores it), with the closest valid key."""
+    path = _config_file()
+    try:
+        keys = list(tomllib.loads(path.read_text(encoding="utf-8"))) if path.is_file() else []
+    except (OSError, ValueError):  # unreadable or invalid: loading reports that itself
+        return []
+    known = sorted(Settings.model_fields)
+    aliases = {a.lower() for f in Settings.model_fields.values() for a in _aliases(f)}
+    lines = []
+    for key in keys:
+        if key.lower() in known or key.lower() in aliases:  # the file's keys match case-insensitively
+            continue
+        close = difflib.get_close_matches(key.lower().removeprefix("mdth_"), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else " (the README's settings table lists the keys)"
+        lines.append(f"{path}: unknown key {key!r} is ignored{hint}")
+    return lines
+
+
+def _field_name(key: str) -> str:
+    """The field a key or alias names (``MDTH_TARDIS_API_KEY`` and ``TARDIS_API_KEY`` -> ``tardis_api_key``)."""
+    name = key.lower().removeprefix("mdth_")
+    for field, info in Settings.model_fields.items():
+        if name == field or key.lower() in {a.lower() for a in _aliases(info)}:
+            return field
+    return name
+
+
+def _aliases(info: Any) -> list[str]:
+    return [a for a in getattr(info.validation_alias, "choices", []) if isinstance(a, str)]
+
+
+def _shorten(value: Any) -> Any:
+    text = str(value)
+    return value if len(text) <= _SHOWN_VALUE else text[: _SHOWN_VALUE - 3] + "..."
+
+
+_warned: set[str] = set()  # warnings already given in this process: settings load many times per command
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, SettingsWarning, stacklevel=3)
 
 
 def settings_table() -> str:
