@@ -148,7 +148,7 @@ def check_bigquery(parsed: Any, timeout: float) -> Check:
     from google.api_core import exceptions as api
     from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
 
-    from mdth_engine.warehouse.bigquery import BigQueryWarehouse, _one_line
+    from mdth_engine.warehouse.bigquery import BigQueryWarehouse, api_error_line
 
     name = f"{parsed.project}.{parsed.dataset}"
     credentials = (
@@ -173,13 +173,15 @@ def check_bigquery(parsed: Any, timeout: float) -> Check:
             f"the first `mdth upload` creates it if {who} has roles/bigquery.dataEditor on {parsed.project}",
         )
     except (api.Forbidden, api.Unauthorized, GoogleAuthError) as exc:
-        return Check("warehouse", "fail", f"{parsed.display}: access refused: {_one_line(exc)}", BIGQUERY_FIX)
+        return Check(
+            "warehouse", "fail", f"{parsed.display}: access refused: {api_error_line(exc)}", BIGQUERY_FIX
+        )
     except Exception as exc:  # network, endpoint, timeout: say which and where it pointed
         where = parsed.endpoint or "bigquery.googleapis.com"
         return Check(
             "warehouse",
             "fail",
-            f"{parsed.display}: {where}: {_one_line(exc)}",
+            f"{parsed.display}: {where}: {api_error_line(exc)}",
             "check the network, and MDTH_BIGQUERY_API_ENDPOINT / endpoint= if set",
         )
     if parsed.location and dataset.location and dataset.location.upper() != parsed.location.upper():

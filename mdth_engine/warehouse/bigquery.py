@@ -50,7 +50,7 @@ TRANSIENT_JOB_REASONS = frozenset(
 CLUSTERING = [KEY]
 
 
-def _one_line(exc: BaseException) -> str:
+def api_error_line(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     lines = [line for line in str(message).strip().splitlines() if line.strip()]
     return lines[0][:300] if lines else type(exc).__name__
@@ -322,7 +322,7 @@ class BigQueryWarehouse:
                 )
             self._record(batch, rows, job.job_id)
         except GoogleAPICallError as exc:
-            raise WarehouseError(f"BigQuery: {_one_line(exc)}") from None
+            raise WarehouseError(f"BigQuery: {api_error_line(exc)}") from None
         return LoadResult(rows=rows, job_id=job.job_id, added_columns=added)
 
     def _job_config(self, batch: DayBatch, fields: list[Any]) -> Any:
@@ -424,9 +424,9 @@ class BigQueryWarehouse:
             )
             table = rows.to_arrow(create_bqstorage_client=False)
         except (BadRequest, NotFound, Forbidden) as exc:
-            raise UsageError(f"SQL error: {_one_line(exc)}") from None
+            raise UsageError(f"SQL error: {api_error_line(exc)}") from None
         except GoogleAPICallError as exc:
-            raise WarehouseError(f"BigQuery: {_one_line(exc)}") from None
+            raise WarehouseError(f"BigQuery: {api_error_line(exc)}") from None
         if max_rows is not None and table.num_rows > max_rows:
             return table.slice(0, max_rows), True
         return table, False
