@@ -7,7 +7,11 @@ import datetime as dt
 import io
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +26,7 @@ from mdth_engine.jobs import records as rec
 from mdth_engine.jobs.estimate import clear_cache, default_bytes, estimate_bytes
 from mdth_engine.jobs.manage import create_job, needs_retry
 from mdth_engine.jobs.sharding import assign_shards, lpt_assign, shard_loads, spread
+from mdth_engine.jobs.status import JobStatus
 from mdth_engine.jobs.worker import arun_shard, run_shard
 from mdth_engine.stages.base import WorkUnit
 from mdth_engine.storage import layout
@@ -175,6 +180,32 @@ def test_more_shards_than_units_are_capped(fake_stage: Path):
     assert spec.shards == 2 and spec.shards_requested == 20
 
 
+def test_a_job_is_stale_once_no_unfinished_shard_reports(fake_stage: Path):
+    store = open_store(str(fake_stage))
+    spec = create_job(
+        store, fake_request(), shards=3, backend="local", settings=load_settings(lake=str(fake_stage))
+    )
+    now = 1_700_000_000.0
+
+    def shard(i: int, state: str, silent_s: float) -> rec.ShardRecord:
+        return rec.ShardRecord(spec.job_id, i, state=state, attempt=1, updated_at=now - silent_s)
+
+    def state(*shards: rec.ShardRecord) -> str:
+        return JobStatus(spec, list(shards), at=now).state
+
+    done = shard(0, rec.DONE, 500)
+    assert state(done, shard(1, rec.RUNNING, 500), shard(2, rec.RUNNING, 31)) == "stale"
+    assert state(done, shard(1, rec.RUNNING, 500), shard(2, rec.RUNNING, 2)) == "running"  # one still reports
+    assert state(done, shard(1, rec.INTERRUPTED, 500), shard(2, rec.RUNNING, 40)) == "stale"
+    # an interrupted shard is relaunched soon, a launched one may still start: neither has stopped yet
+    assert state(done, shard(1, rec.INTERRUPTED, 5), shard(2, rec.RUNNING, 40)) == "running"
+    assert state(done, shard(1, rec.RUNNING, 500), shard(2, rec.LAUNCHED, 500)) == "running"
+    assert state(shard(0, rec.PENDING, 0), shard(1, rec.PENDING, 0), shard(2, rec.PENDING, 0)) == "pending"
+    assert state(done, shard(1, rec.DEAD, 500), shard(2, rec.DONE, 500)) == "failed"
+    status = JobStatus(spec, [done, shard(1, rec.RUNNING, 500), shard(2, rec.RUNNING, 31)], at=now)
+    assert status.to_dict()["state"] == "stale" and status.exit_code == 1 and not status.finished
+
+
 # --- the worker --------------------------------------------------------------------------------------------------
 
 
@@ -204,6 +235,45 @@ def test_worker_runs_its_shard_and_resumes_idempotently(fake_stage: Path):
     third = run_shard(store, spec.job_id, 1, settings)
     assert third.summary is not None and third.summary.outcomes == {"skipped": third.units_total}
     assert CALLS == {} and lake_files(fake_stage) == files
+
+
+def test_a_worker_run_removes_what_killed_runs_left(
+    fake_stage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Temp files in the lake and spool folders here carry their writer's pid: those of dead writers go when a
+    worker starts; a live writer's stay, and so does what is not ours."""
+    from mdth_engine.storage.local import host_tag
+
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = open_store(str(fake_stage))
+    settings = load_settings(lake=str(fake_stage))
+    spec = create_job(store, fake_request(), shards=1, backend="local", settings=settings)
+    folder = fake_stage / "fake" / "day-2023-12-31"
+    folder.mkdir(parents=True)
+    temps = {
+        "dead": folder / f".X.bin.tmp-{host_tag()}-{dead.pid}-{'0' * 12}",
+        "live": folder / f".Y.bin.tmp-{host_tag()}-{os.getpid()}-{'1' * 12}",
+        "other host": folder / f".Z.bin.tmp-elsewhere-{dead.pid}-{'2' * 12}",
+    }
+    dirs = {
+        "dead": spools / f"mdth-fake-20240101-000000-abcdef-0-p{dead.pid}-a1b2c3d4",
+        "live": spools / f"mdth-fake-20240101-000000-abcdef-0-p{os.getpid()}-e5f6g7h8",
+        "not a spool": spools / "mdth-bench-cache",
+    }
+    for path in temps.values():
+        path.write_bytes(b"half")
+    for path in dirs.values():
+        (path / "sub").mkdir(parents=True)
+    events: list = []
+    assert run_shard(store, spec.job_id, 0, settings, events.append).state == "done"
+    assert [k for k, p in temps.items() if p.exists()] == ["live", "other host"]
+    assert [k for k, p in dirs.items() if p.exists()] == ["live", "not a spool"]
+    assert any(e.message == "removed 2 leftovers of killed runs" for e in events)
+    assert [p.name for p in spools.glob("mdth-fake-*")] == [dirs["live"].name]  # its own spool is gone too
 
 
 def test_failed_units_are_recorded_and_retried(fake_stage: Path):

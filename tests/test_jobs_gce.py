@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_jobs_support as support
 from compute_standin import ComputeStandIn
+from pydantic import SecretStr
 from test_jobs_support import fake_request, lake_files, unit_bytes
 
 import mdth_engine
@@ -19,7 +24,7 @@ from mdth_engine.core.errors import UsageError
 from mdth_engine.core.events import Event, Kind
 from mdth_engine.core.settings import load_settings
 from mdth_engine.jobs import records as rec
-from mdth_engine.jobs.backends.gce import GceBackend
+from mdth_engine.jobs.backends.gce import GceBackend, check_settings
 from mdth_engine.jobs.follow import follow_job
 from mdth_engine.jobs.manage import cleanup_job, create_job, launch_job
 from mdth_engine.storage.store import open_store
@@ -177,3 +182,58 @@ def test_a_rejected_insert_is_a_clear_error(api: ComputeStandIn, fake_stage: Pat
         launch_job(store, spec.job_id, settings)
     assert all(r.state == "dead" for r in rec.read_shards(store, spec))
     assert not api.instances
+
+
+def test_a_download_without_a_key_secret_stops_before_any_vm(
+    api: ComputeStandIn, fake_stage: Path, sim_server: Any
+):
+    """A key in this shell but no Secret Manager secret named: the VMs would run keyless (unauthorized on every
+    day but the 1st of a month), so `mdth download --backend gce` stops with one line, exit 2, no VM, no job."""
+    env = {
+        **os.environ,
+        **sim_server.env(),
+        "MDTH_TARDIS_API_KEY": KEY,
+        "MDTH_GCP_PROJECT": "test-project",
+        "MDTH_GCE_API_ENDPOINT": api.url,
+    }
+    env.pop("MDTH_TARDIS_API_KEY_SECRET", None)
+    args = [
+        "download",
+        "--start",
+        "2024-03-11",
+        "--end",
+        "2024-03-11",
+        "--symbols",
+        "BINANCE:SPOT_PAIR:BTC-USDT",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "mdth_engine.cli", *args, "--shards", "2", "--backend", "gce"],
+        env={**env, "MDTH_LAKE": str(fake_stage)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MDTH_TARDIS_API_KEY_SECRET" in lines[0] and "Secret Manager" in lines[0]
+    assert KEY not in out.stderr + out.stdout
+    assert not api.inserts() and not api.instances
+    assert not (fake_stage / "_jobs").exists()
+
+
+def test_which_gce_jobs_need_a_key_secret(fake_stage: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MDTH_GCE_API_ENDPOINT", "http://127.0.0.1:9")  # a local lake passes the lake check
+    base = load_settings(lake=str(fake_stage), gcp_project="p")
+    with_key = base.model_copy(update={"tardis_api_key": SecretStr(KEY)})
+    with pytest.raises(UsageError, match="MDTH_TARDIS_API_KEY_SECRET"):
+        check_settings(
+            base, "download"
+        )  # known to download: keyless VMs are refused even without a local key
+    check_settings(base, "candles")  # reads the lake only
+    check_settings(base)  # operation unknown, no key here: nothing to protect
+    with pytest.raises(UsageError, match="the key itself never goes to a VM"):
+        check_settings(with_key)  # operation unknown (create_job, retry): a key here and no secret named
+    check_settings(with_key.model_copy(update={"tardis_api_key_secret": "tardis-key"}), "download")
+    with pytest.raises(UsageError, match="MDTH_TARDIS_API_KEY_SECRET"):
+        create_job(open_store(str(fake_stage)), fake_request(), shards=2, backend="gce", settings=with_key)
+    assert not (fake_stage / "_jobs").exists()

@@ -382,6 +382,50 @@ def test_sweep_temp_removes_only_stale_temp_files(local_store: LocalStore) -> No
     assert sorted(p.name for p in folder.iterdir()) == [".keep", "real.parquet"]
 
 
+_HALF_WRITE = textwrap.dedent(
+    """
+    import os, sys
+    from mdth_engine.storage.local import LocalStore
+    staged = LocalStore(sys.argv[1]).stage("d/half.parquet")
+    with open(staged.local_path, "wb") as f:
+        f.write(b"half")
+    print(staged.local_path.name, flush=True)
+    os._exit(9)  # killed mid-write: no commit, no abort
+    """
+)
+
+
+def test_sweep_temp_removes_temps_of_dead_writers_here_at_once(local_store: LocalStore) -> None:
+    """Temp names carry the writer's host and pid: a dead writer's temp goes at once, a live writer's stays,
+    another host's (whose pids mean nothing here) goes only by age."""
+    from mdth_engine.storage.local import host_tag, temp_writer
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _HALF_WRITE, str(local_store.root)], capture_output=True, text=True, timeout=60
+    )
+    assert killed.returncode == 9, killed.stderr
+    dead_name = killed.stdout.strip()
+    assert temp_writer(dead_name) is not None and temp_writer(dead_name)[0] == host_tag()
+    live = local_store.stage("d/live.parquet")  # this process is writing it right now
+    assert temp_writer(live.local_path.name) == (host_tag(), os.getpid())
+    folder = local_store.root / "d"
+    elsewhere = folder / f".x.parquet.tmp-other-host-1-{'ab' * 6}"
+    elsewhere.write_bytes(b"x")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [dead_name, live.local_path.name, elsewhere.name]
+    )
+
+    assert local_store.sweep_temp(older_than_s=86400) == [f"d/{dead_name}"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.local_path.name, elsewhere.name])
+    with live:
+        live.local_path.write_bytes(b"live")
+    assert local_store.get_bytes("d/live.parquet") == b"live"  # the sweep did not break a live write
+    old = time.time() - 2 * 86400
+    os.utime(elsewhere, (old, old))
+    assert local_store.sweep_temp(older_than_s=86400) == [f"d/{elsewhere.name}"]
+    assert sorted(p.name for p in folder.iterdir()) == ["live.parquet"]
+
+
 _DISK_FULL = textwrap.dedent(
     """
     import json, os, sys

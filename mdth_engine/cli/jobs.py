@@ -24,7 +24,7 @@ from mdth_engine.cli.common import (
     print_rows,
     settings_for,
 )
-from mdth_engine.core.errors import UsageError
+from mdth_engine.core.errors import MdthError, UsageError
 from mdth_engine.core.events import Event, Kind, Sink
 
 app = typer.Typer(help="Sharded jobs: list, show, watch, cancel, retry, clean up.", no_args_is_help=True)
@@ -188,6 +188,42 @@ class _PlainLines:
         print(line, file=sys.stderr if ev.kind is Kind.ERROR else sys.stdout, flush=True)
 
 
+class StoppedReporting(MdthError):
+    """Every unfinished shard went silent and nobody supervises the job: watching would never end."""
+
+
+class _StaleGuard:
+    """Passes events on, and stops an unsupervised watch once every unfinished shard has been silent for
+    ``give_up_s`` (longer than a supervisor elsewhere takes to relaunch a silent shard)."""
+
+    def __init__(self, sink: Sink, job_id: str, give_up_s: float) -> None:
+        self.sink, self.job_id, self.give_up_s = sink, job_id, give_up_s
+        self.shards = 0
+        self.records: dict[int, Any] = {}
+
+    def __call__(self, ev: Event) -> None:
+        from mdth_engine.jobs import records as rec
+
+        self.sink(ev)
+        if ev.kind is Kind.STARTED:
+            self.shards = int(ev.data.get("shards") or 0)
+        elif ev.kind is Kind.PROGRESS and "shard" in ev.data:
+            self.records[int(ev.data["shard"])] = rec.ShardRecord.from_dict(ev.data)
+            if self.stopped():
+                raise StoppedReporting(
+                    f"{self.job_id}: shards stopped reporting: mdth jobs retry {self.job_id}"
+                )
+
+    def stopped(self) -> bool:
+        from mdth_engine.jobs.status import is_stopped
+
+        if not self.shards or len(self.records) < self.shards:
+            return False
+        unfinished = [r for r in self.records.values() if not r.final]
+        now = time.time()
+        return bool(unfinished) and all(is_stopped(r, now, self.give_up_s) for r in unfinished)
+
+
 def follow_rendered(
     store: Any,
     job_id: str,
@@ -200,10 +236,15 @@ def follow_rendered(
     console: Any = None,
     timeout: float | None = None,
 ) -> Any:
-    """follow_job with the right renderer: NDJSON, a Live table on a terminal, or plain lines."""
+    """follow_job with the right renderer: NDJSON, a Live table on a terminal, or plain lines.
+
+    Unsupervised, it raises ``StoppedReporting`` once no unfinished shard reports any more."""
     from mdth_engine.jobs.follow import follow_job
+    from mdth_engine.jobs.status import STALE_AFTER_S
 
     def run(sink: Sink) -> Any:
+        if not supervise:
+            sink = _StaleGuard(sink, job_id, give_up_s=2 * STALE_AFTER_S)
         return follow_job(
             store, job_id, sink, supervise=supervise, poll=poll, settings=settings, timeout=timeout
         )
@@ -262,6 +303,10 @@ def launch_and_follow(
 
     json_out = json_mode(ctx, json)
     settings = settings or settings_for(ctx, lake)
+    if backend == "gce":  # here the operation is known: a download without a key secret stops before any VM
+        from mdth_engine.jobs.backends.gce import check_settings
+
+        check_settings(settings, request.operation)
     store = open_store(settings.lake)
     spec = create_job(store, request, shards=shards, backend=backend, settings=settings, units=units)
     _say(
@@ -389,6 +434,8 @@ def show(
             "last_error",
         ],
     )
+    if status.state == "stale":
+        typer.echo(f"shards stopped reporting and nobody supervises them: mdth jobs retry {job}")
     if failed:
         typer.echo(f"failed units ({len(failed)}):")
         print_rows(
@@ -411,7 +458,8 @@ def watch(
     lake: LakeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Per-shard progress and ETA until the job ends (exit 0 when it succeeded, 1 otherwise)."""
+    """Per-shard progress and ETA until the job ends (exit 0 when it succeeded, 1 otherwise; without
+    --supervise also 1 once every unfinished shard stopped reporting)."""
     from mdth_engine.jobs.status import list_job_ids
 
     store, settings = _store(ctx, lake)

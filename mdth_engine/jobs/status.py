@@ -32,10 +32,18 @@ class JobStatus:
         return all(s.final for s in self.shards)
 
     @property
+    def stopped_reporting(self) -> bool:
+        """Every unfinished shard's worker went silent: without a supervisor nothing will move it again."""
+        open_shards = [s for s in self.shards if not s.final]
+        return bool(open_shards) and all(is_stopped(s, self.at) for s in open_shards)
+
+    @property
     def state(self) -> str:
-        """pending | running | done | failed | cancelled."""
+        """pending | running | stale (no unfinished shard reports any more) | done | failed | cancelled."""
         if not self.finished:
-            return "pending" if all(s.state == rec.PENDING for s in self.shards) else "running"
+            if all(s.state == rec.PENDING for s in self.shards):
+                return "pending"
+            return "stale" if self.stopped_reporting else "running"
         states = {s.state for s in self.shards}
         if rec.CANCELLED in states:
             return "cancelled"
@@ -116,6 +124,13 @@ def _round(value: float | None) -> float | None:
 
 def is_stale(shard: rec.ShardRecord, now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
     return shard.state == rec.RUNNING and shard.age(now) > stale_after
+
+
+def is_stopped(shard: rec.ShardRecord, now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
+    """Not final, and its worker no longer reports: a stale heartbeat, or interrupted and not relaunched since."""
+    if shard.state == rec.INTERRUPTED:
+        return shard.age(now) > stale_after
+    return is_stale(shard, now, stale_after)
 
 
 def shard_eta(shard: rec.ShardRecord, now: float | None = None) -> float | None:

@@ -1,7 +1,8 @@
 """A lake in a local folder: atomic writes by temp file + fsync + rename in the same folder.
 
-Temp files are named ``.{name}.tmp-{random}`` (``layout.is_temp_name``); listings skip them and
-``sweep_temp`` removes the ones killed writers left behind. Nothing else is ever deleted except by ``delete``.
+Temp files are named ``.{name}.tmp-{host}-{pid}-{random}`` (``layout.is_temp_name``); listings skip them and
+``sweep_temp`` removes the ones killed writers left behind: at once when the writer was a process of this host
+that is gone, by age otherwise. Nothing else is ever deleted except by ``delete``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import datetime as dt
 import errno
 import io
 import os
+import re
 import secrets
 import shutil
+import socket
 import stat as stat_mod
 import time
 from collections.abc import Iterator
@@ -30,6 +33,43 @@ from mdth_engine.storage.store import (
 )
 
 _READ_BUFFER = 64 * 1024
+# ``.{name}.tmp-{host}-{pid}-{12 hex}``; older names (``.tmp-{hex}``) carry no writer and go by age only.
+_TEMP_WRITER = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{12}$")
+
+
+def host_tag() -> str:
+    """This host's name as temp names carry it: no dots (a name may hold ``.tmp-``), at most 32 characters."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with that id runs on this host (another user's counts; a zombie does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # killed but not yet reaped by its parent: it writes nothing any more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 is all there is
+
+
+def temp_writer(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the writer a temp name carries, or None for an older name."""
+    match = _TEMP_WRITER.search(name.rsplit("/", 1)[-1])
+    return (match["host"], int(match["pid"])) if match else None
+
+
+def writer_gone(name: str, mtime: float, cutoff: float, host: str) -> bool:
+    """A leftover to remove: its writer was a process of this host that no longer exists, or (any writer, on
+    another host or unnamed) it was last written before ``cutoff``."""
+    writer = temp_writer(name)
+    dead_here = writer is not None and writer[0] == host and not pid_alive(writer[1])
+    return dead_here or mtime <= cutoff
 
 
 class _CountingFileIO(io.FileIO):
@@ -113,7 +153,9 @@ class LocalStore:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             while True:
-                temp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
+                temp = target.with_name(
+                    f".{target.name}.tmp-{host_tag()}-{os.getpid()}-{secrets.token_hex(6)}"
+                )
                 try:
                     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
                     return temp
@@ -213,14 +255,16 @@ class LocalStore:
             raise os_store_error(exc, "deleting", path) from exc
 
     def sweep_temp(self, older_than_s: float = 3600.0) -> list[str]:
-        """Remove temp files of writers that died more than ``older_than_s`` ago; returns their paths."""
+        """Remove temp files killed writers left: a dead process of this host's at once, any other once
+        untouched for ``older_than_s``; returns their paths."""
         cutoff = time.time() - older_than_s
+        host = host_tag()
         removed: list[str] = []
         for rel, entry in self._walk(""):
             if not is_temp_name(rel):
                 continue
             try:
-                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                if writer_gone(rel, entry.stat(follow_symlinks=False).st_mtime, cutoff, host):
                     os.unlink(entry.path)
                     removed.append(rel)
             except FileNotFoundError:

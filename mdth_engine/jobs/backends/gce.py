@@ -30,7 +30,17 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 OPERATION_TIMEOUT_S = 300.0
 
 
-def check_settings(settings: Settings) -> None:
+# Operations whose workers call Tardis: without the key they end unauthorized after paying for the VMs.
+KEY_OPERATIONS = frozenset({"download", "instruments", "pipeline"})
+NEEDS_KEY_SECRET = (
+    "--backend gce needs MDTH_TARDIS_API_KEY_SECRET: the name of the Secret Manager secret holding the Tardis "
+    "key (the key itself never goes to a VM)"
+)
+
+
+def check_settings(settings: Settings, operation: str | None = None) -> None:
+    """A usage error before any VM exists. The key check knows the operation when the caller passes it;
+    without it, a local key with no secret named means the VMs would run keyless."""
     if not settings.gcp_project:
         raise UsageError("--backend gce needs a project: set MDTH_GCP_PROJECT (or gcp_project in mdth.toml)")
     if not settings.gcp_zone:
@@ -43,6 +53,9 @@ def check_settings(settings: Settings) -> None:
         raise UsageError(
             f"--backend gce needs a lake the VMs can reach (gs://bucket/prefix), not {settings.lake}"
         )
+    needs_key = operation in KEY_OPERATIONS if operation else bool(settings.api_key())
+    if needs_key and not settings.tardis_api_key_secret:
+        raise UsageError(NEEDS_KEY_SECRET)
 
 
 def startup_script() -> str:
