@@ -328,3 +328,19 @@ def test_cli_as_a_sharded_job(lake):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(store.exists(layout.candles_path(DAY, "1h", key)) for key in (SPOT, PERP, CHAIN))
+
+
+def test_cli_date_builds_that_one_day(lake):
+    """`mdth candles --date D` is `--start D --end D`; with --start too it is a usage error."""
+    store, _, _ = lake
+    root = str(store.root)
+    result = runner.invoke(
+        app, ["--json", "candles", "--date", "2024-01-01", "--timeframes", "1h", "--lake", root]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["outcomes"] == {"written": 3}
+    assert all(store.exists(layout.candles_path(DAY, "1h", key)) for key in (SPOT, PERP, CHAIN))
+    assert not store.exists(layout.candles_path(DAY, "1m", SPOT))
+    result = runner.invoke(app, ["candles", "--date", "2024-01-01", "--start", "2024-01-01", "--lake", root])
+    assert result.exit_code == 2 and "give --date or --start/--end, not both" in result.output

@@ -92,3 +92,36 @@ def test_the_mdth_script_keeps_click_exit_codes():
         [sys.executable, "-m", "mdth_engine.cli", "--no-such-flag"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "no-such-flag" in bad.stderr
+
+
+def test_date_with_start_or_end_is_a_usage_error_in_every_dated_command(tmp_path):
+    """`--date D` means `--start D --end D`; giving both is refused before any work, in one line."""
+    lake = tmp_path / "lake"
+    for command in (["download"], ["candles"], ["instruments"], ["pipeline"]):
+        for other in (["--start", "2024-03-12"], ["--end", "2024-03-12"]):
+            proc = mdth(*command, "--date", "2024-03-12", *other, "--lake", str(lake))
+            assert proc.returncode == 2, (command, other, proc.stderr)
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert lines == ["mdth: error: give --date or --start/--end, not both"], proc.stderr
+    assert not lake.exists()
+
+
+def test_download_date_plans_the_same_units_as_that_start_and_end(sim_server, tmp_path):
+    import os
+
+    from sim_fixtures import SIM_API_KEY
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    base = [sys.executable, "-m", "mdth_engine.cli", "--json", "download", "--dry-run"]
+    base += ["--symbols", "BINANCE:SPOT_PAIR:BTC-USDT", "--data-types", "trades"]
+
+    def planned(*days: str) -> list[str]:
+        proc = subprocess.run([*base, *days], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        return [line["unit_id"] for line in lines if line["kind"] == "plan_unit"]
+
+    by_date = planned("--date", "2024-03-12")
+    assert by_date and all(unit.startswith("2024-03-12/") for unit in by_date), by_date
+    assert by_date == planned("--start", "2024-03-12", "--end", "2024-03-12")
+    assert not any(open_store(str(tmp_path)).list("raw_tick_data/"))  # a dry run downloads nothing

@@ -129,3 +129,22 @@ def test_a_typed_download_builds_whole_venues_in_the_master(sim_server, tmp_path
     asyncio.run(ensure_instruments(request, settings))
     types = {row["instrument_type"] for row in Lake(str(tmp_path)).instruments(day).to_pylist()}
     assert {"PERPETUAL", "FUTURE"} <= types
+
+
+def test_build_for_one_date(sim_server, tmp_path):
+    """`mdth instruments --date D` builds the master of that day only; --date with --end is a usage error."""
+    import datetime as dt
+
+    from mdth_engine.storage import layout
+    from mdth_engine.storage.store import open_store
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    proc = mdth(env, "instruments", "--date", "2021-03-01", "--venues", "DERIBIT", "--types", "PERP")
+    assert proc.returncode == 0, proc.stderr
+    keys = {r["instrument_key"] for r in Lake(str(tmp_path)).instruments("2021-03-01").to_pylist()}
+    assert "DERIBIT:PERPETUAL:BTC-USD" in keys
+    built = [i.path for i in open_store(str(tmp_path)).list("instrument_availability/")]
+    assert built == [layout.instruments_path(dt.date(2021, 3, 1))]
+    proc = mdth(env, "instruments", "--date", "2021-03-01", "--end", "2021-03-02", "--venues", "DERIBIT")
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and errors == ["mdth: error: give --date or --start/--end, not both"]

@@ -11,6 +11,7 @@ from mdth_engine.cli.download import (
     BackendOpt,
     BasesOpt,
     ConcurrencyOpt,
+    DateOpt,
     EndOpt,
     MaxOpt,
     ShardsOpt,
@@ -23,14 +24,24 @@ from mdth_engine.cli.download import (
 )
 
 
-def candles_request(start, end, venues, types, symbols, bases, max_instruments, timeframes, force):
+def candles_request(start, end, date, venues, types, symbols, bases, max_instruments, timeframes, force):
     """The candles request from the command line; every option is checked before any work starts."""
     import dataclasses
 
     from mdth_engine.core.timeframes import parse_timeframes
 
     request = build_request(
-        "candles", start, end, venues, types, None, symbols, bases, max_instruments, {"force": force}
+        "candles",
+        start,
+        end,
+        venues,
+        types,
+        None,
+        symbols,
+        bases,
+        max_instruments,
+        {"force": force},
+        date=date,
     )
     chosen = tuple(parse_timeframes(timeframes)) if timeframes else ()
     return dataclasses.replace(request, data_types=(), timeframes=chosen)
@@ -42,6 +53,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         start: StartOpt = None,
         end: EndOpt = None,
+        date: DateOpt = None,
         venues: VenuesOpt = None,
         types: TypesOpt = None,
         symbols: SymbolsOpt = None,
@@ -67,7 +79,7 @@ def register(app: typer.Typer) -> None:
         if backend not in ("local", "gce"):
             raise typer.BadParameter("use local or gce", param_hint="--backend")
         request = candles_request(
-            start, end, venues, types, symbols, bases, max_instruments, timeframes, force
+            start, end, date, venues, types, symbols, bases, max_instruments, timeframes, force
         )
         settings = settings_for(ctx, lake)
         if dry_run:

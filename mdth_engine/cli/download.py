@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,9 +17,11 @@ from mdth_engine.cli.common import (
     settings_for,
     split_list,
 )
+from mdth_engine.core.errors import UsageError
 
 StartOpt = Annotated[str | None, typer.Option("--start", help="First UTC day, YYYY-MM-DD.")]
 EndOpt = Annotated[str | None, typer.Option("--end", help="Last UTC day (inclusive); default: --start.")]
+DateOpt = Annotated[str | None, typer.Option("--date", help="One UTC day (instead of --start/--end).")]
 VenuesOpt = Annotated[str | None, typer.Option("--venues", help="Comma list, e.g. BINANCE,DERIBIT.")]
 TypesOpt = Annotated[
     str | None, typer.Option("--types", help="Instrument types: SPOT_PAIR,PERPETUAL,FUTURE,...")
@@ -46,12 +48,23 @@ ConcurrencyOpt = Annotated[
 ]
 
 
-def build_request(operation, start, end, venues, types, data_types, symbols, bases, max_instruments, options):
+def request_days(start: str | None, end: str | None, date: str | None) -> tuple[Any, Any]:
+    """The first and last day of a dated command: ``--date D`` is ``--start D --end D``, so giving both is a
+    usage error rather than one silently winning."""
+    if date and (start or end):
+        raise UsageError("give --date or --start/--end, not both")
+    return date_range(start, end, date)
+
+
+def build_request(
+    operation, start, end, venues, types, data_types, symbols, bases, max_instruments, options, date=None
+):
+    """A stage request from the selector options; every option is checked before any work starts."""
     from mdth_engine.stages.base import Request
     from mdth_engine.stages.download import parse_data_types
     from mdth_engine.stages.instruments import parse_types, parse_venues
 
-    first, last = date_range(start, end)
+    first, last = request_days(start, end, date)
     return Request(
         operation,
         first,
@@ -122,6 +135,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         start: StartOpt = None,
         end: EndOpt = None,
+        date: DateOpt = None,
         venues: VenuesOpt = None,
         types: TypesOpt = None,
         data_types: DataTypesOpt = None,
@@ -162,6 +176,7 @@ def register(app: typer.Typer) -> None:
             bases,
             max_instruments,
             {"force": force, "on_bad_rows": on_bad_rows},
+            date=date,
         )
         settings = settings_for(ctx, lake)
         prepare_master(ctx, request, settings, json_out)
@@ -176,7 +191,7 @@ def register(app: typer.Typer) -> None:
     @app.command("pipeline")
     def pipeline(
         ctx: typer.Context,
-        date: Annotated[str | None, typer.Option("--date", help="UTC day, YYYY-MM-DD.")] = None,
+        date: DateOpt = None,
         start: StartOpt = None,
         end: EndOpt = None,
         venues: VenuesOpt = None,
@@ -196,10 +211,8 @@ def register(app: typer.Typer) -> None:
         from mdth_engine.cli.common import run_reported
         from mdth_engine.stages.registry import STAGES
 
-        if date:
-            start = end = date
         request = build_request(
-            "download", start, end, venues, types, data_types, symbols, bases, max_instruments, {}
+            "download", start, end, venues, types, data_types, symbols, bases, max_instruments, {}, date=date
         )
         settings = settings_for(ctx, lake)
         prepare_master(ctx, request, settings, json_out)

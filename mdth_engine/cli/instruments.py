@@ -9,18 +9,16 @@ import typer
 from mdth_engine.cli.common import (
     JsonOpt,
     LakeOpt,
-    date_range,
     execute_stage,
     json_mode,
     print_rows,
     settings_for,
     split_list,
 )
+from mdth_engine.cli.download import DateOpt, EndOpt, StartOpt, request_days
 
 app = typer.Typer(help="Build and query the point-in-time instrument master.", invoke_without_command=True)
 
-StartOpt = Annotated[str | None, typer.Option("--start", help="First UTC day, YYYY-MM-DD.")]
-EndOpt = Annotated[str | None, typer.Option("--end", help="Last UTC day (inclusive); default: --start.")]
 VenuesOpt = Annotated[
     str | None, typer.Option("--venues", help="Comma list, e.g. BINANCE,DERIBIT (default: all).")
 ]
@@ -34,6 +32,7 @@ def build(
     ctx: typer.Context,
     start: StartOpt = None,
     end: EndOpt = None,
+    date: DateOpt = None,
     venues: VenuesOpt = None,
     types: TypesOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite days even when unchanged.")] = False,
@@ -46,7 +45,7 @@ def build(
     from mdth_engine.stages.base import Request
     from mdth_engine.stages.instruments import parse_types, parse_venues
 
-    first, last = date_range(start, end)
+    first, last = request_days(start, end, date)
     request = Request(
         "instruments",
         first,
