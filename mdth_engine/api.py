@@ -525,7 +525,7 @@ def start_pipeline(request: Request, settings: Settings, *, shards: int = 1, bac
     from mdth_engine.jobs.backends import check_backend
     from mdth_engine.jobs.spec import new_job_id
 
-    check_backend(backend, settings)
+    check_backend(backend, settings, "pipeline")
     if shards < 1:
         raise UsageError(f"shards must be at least 1, got {shards}")
     name = new_job_id("pipeline")
@@ -718,3 +718,46 @@ def coverage_fix_requests(rows: Any, base: Request | None = None) -> list[Reques
     days = sorted(t.day for t in targets)
     base = base or Request("download", days[0], days[-1])
     return fix_requests(sorted(targets), base)
+
+
+# -- the console's door to jobs and coverage (appended; each loads its module on call, so importing the facade
+# starts nothing) ---------------------------------------------------------------------------------------------
+def job_status(store: Any, job_id: str) -> Any:
+    """One job's spec, shard records and cancel flag (a ``JobStatus``), read from the lake."""
+    from mdth_engine.jobs.status import job_status as read_status
+
+    return read_status(store, job_id)
+
+
+def cancel_job(
+    store: Any, job_id: str, settings: Settings | None = None, *, wait_s: float = 10.0
+) -> list[int]:
+    """Ask a job's workers to stop wherever they run; returns the shards marked cancelled."""
+    from mdth_engine.jobs.manage import cancel_job as cancel
+
+    return cancel(store, job_id, settings, wait_s=wait_s)
+
+
+def retry_job(
+    store: Any, job_id: str, settings: Settings | None = None, *, shards: list[int] | None = None
+) -> list[int]:
+    """Relaunch a job's failed, dead or cancelled shards (or those given); returns the relaunched ones."""
+    from mdth_engine.jobs.manage import retry_job as retry
+
+    return retry(store, job_id, settings, shards=shards)
+
+
+def cleanup_job(store: Any, job_id: str, settings: Settings | None = None, *, purge: bool = False) -> dict:
+    """Stop what still runs for a job and mark its unfinished shards dead (``purge`` deletes its records)."""
+    from mdth_engine.jobs.manage import cleanup_job as cleanup
+
+    return cleanup(store, job_id, settings, purge=purge)
+
+
+def coverage(
+    store: Any, start: str | dt.date, end: str | dt.date | None = None, **selection: Any
+) -> pa.Table:
+    """The validation ledger's coverage table of days x instruments x data types (see ``validation.coverage``)."""
+    from mdth_engine.validation.coverage import coverage as read_coverage
+
+    return read_coverage(store, start, end, **selection)

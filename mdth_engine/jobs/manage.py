@@ -53,7 +53,7 @@ def create_job(
 
     if shards < 1:
         raise UsageError(f"--shards must be at least 1, got {shards}")
-    check_backend(backend, settings)
+    check_backend(backend, settings, request.operation)
     if request.operation == "upload":
         check_shared_warehouse(backend, settings)
     job_id = new_job_id(request.operation)
@@ -122,7 +122,7 @@ def launch_shard(
 def launch_job(store: Any, job_id: str, settings: Settings) -> None:
     """Start every shard not launched yet (idempotent); raises when no shard could be started."""
     spec = rec.load_spec(store, job_id)
-    backend = get_backend(spec.backend, store, settings)
+    backend = get_backend(spec.backend, store, settings, spec.operation)
     errors = []
     pending = [r.shard for r in rec.read_shards(store, spec) if r.state == rec.PENDING]
     for shard in pending:

@@ -42,18 +42,18 @@ class Backend(Protocol):
     def cleanup(self, spec: Any) -> list[str]: ...
 
 
-def check_backend(name: str, settings: Settings) -> None:
-    """A usage error before any work when the backend is unknown or not configured."""
+def check_backend(name: str, settings: Settings, operation: str | None = None) -> None:
+    """A usage error before any work when the backend is unknown or not configured (for ``operation``)."""
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}; use one of: {', '.join(BACKENDS)}")
     if name == "gce":
         from mdth_engine.jobs.backends.gce import check_settings
 
-        check_settings(settings)
+        check_settings(settings, operation)
 
 
-def get_backend(name: str, store: Any, settings: Settings) -> Backend:
-    check_backend(name, settings)
+def get_backend(name: str, store: Any, settings: Settings, operation: str | None = None) -> Backend:
+    check_backend(name, settings, operation)
     if name == "gce":
         from mdth_engine.jobs.backends.gce import GceBackend
 

@@ -39,8 +39,8 @@ NEEDS_KEY_SECRET = (
 
 
 def check_settings(settings: Settings, operation: str | None = None) -> None:
-    """A usage error before any VM exists. The key check knows the operation when the caller passes it;
-    without it, a local key with no secret named means the VMs would run keyless."""
+    """A usage error before any VM exists. The key-secret check runs where the operation is known (creating
+    or launching a job); watching, cancelling or cleaning up a job needs no key."""
     if not settings.gcp_project:
         raise UsageError("--backend gce needs a project: set MDTH_GCP_PROJECT (or gcp_project in mdth.toml)")
     if not settings.gcp_zone:
@@ -53,8 +53,7 @@ def check_settings(settings: Settings, operation: str | None = None) -> None:
         raise UsageError(
             f"--backend gce needs a lake the VMs can reach (gs://bucket/prefix), not {settings.lake}"
         )
-    needs_key = operation in KEY_OPERATIONS if operation else bool(settings.api_key())
-    if needs_key and not settings.tardis_api_key_secret:
+    if operation in KEY_OPERATIONS and not settings.tardis_api_key_secret:
         raise UsageError(NEEDS_KEY_SECRET)
 
 
