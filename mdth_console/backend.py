@@ -1,5 +1,6 @@
-"""The console's only door to the engine: `mdth_engine.api`, `mdth_engine.jobs`, validation's ``coverage``
-and ``LiveFeatureStream``. Every method blocks (store and network I/O): call them from worker threads only.
+"""The console's only door to the engine: the facade `mdth_engine.api` (and ``LiveFeatureStream`` from the
+top-level package), never the engine's internal modules. Every method blocks (store and network I/O): call
+them from worker threads only.
 
 Screens receive a ``ConsoleBackend`` from the app, so tests can give them one over any lake.
 """
@@ -68,7 +69,7 @@ class ConsoleBackend:
 
     def last_ticks(self, key: str, data_type: str, day: dt.date | str, n: int = 20) -> list[dict[str, Any]]:
         """The day's last ``n`` ticks (by arrival), reading the last hour first and the whole day if empty."""
-        from mdth_engine.core.timeframes import parse_day
+        from mdth_engine.api import parse_day
 
         start_day = parse_day(day)
         end = dt.datetime.combine(start_day + dt.timedelta(days=1), dt.time(), dt.UTC)
@@ -80,7 +81,7 @@ class ConsoleBackend:
 
     def day_candles(self, key: str, timeframe: str, day: dt.date | str) -> dict[str, list[Any]]:
         """One day's candles of an instrument (columns as lists: timestamp, open, high, low, close, volume)."""
-        from mdth_engine.core.timeframes import parse_day
+        from mdth_engine.api import parse_day
 
         first = dt.datetime.combine(parse_day(day), dt.time(), dt.UTC)
         cols = ["timestamp", "open", "high", "low", "close", "volume", "trade_count"]
@@ -111,7 +112,7 @@ class ConsoleBackend:
             self._finished.pop(job_id, None)
 
     def job(self, job_id: str) -> Any:
-        from mdth_engine.jobs import job_status
+        from mdth_engine.api import job_status
 
         return job_status(self.store, job_id)
 
@@ -132,14 +133,13 @@ class ConsoleBackend:
         return job_log(self.store, job_id, shard, tail)
 
     def cancel(self, job_id: str) -> list[int]:
-        from mdth_engine.jobs import cancel_job
+        from mdth_engine.api import cancel_job
 
         return cancel_job(self.store, job_id, self.settings, wait_s=5.0)
 
     def retry(self, job_id: str, shards: list[int] | None = None) -> list[int]:
         """Relaunch failed shards, then hand the job to a detached supervisor again (the old one has ended)."""
-        from mdth_engine.api import spawn_supervisor
-        from mdth_engine.jobs import retry_job
+        from mdth_engine.api import retry_job, spawn_supervisor
 
         self.forget(job_id)
         relaunched = retry_job(self.store, job_id, self.settings, shards=shards)
@@ -148,7 +148,7 @@ class ConsoleBackend:
         return relaunched
 
     def cleanup(self, job_id: str) -> dict[str, Any]:
-        from mdth_engine.jobs import cleanup_job
+        from mdth_engine.api import cleanup_job
 
         self.forget(job_id)
         return cleanup_job(self.store, job_id, self.settings)
@@ -181,7 +181,7 @@ class ConsoleBackend:
 
     # -- coverage ------------------------------------------------------------------------------------------
     def coverage(self, start: dt.date, end: dt.date, **selection: Any) -> list[dict[str, Any]]:
-        from mdth_engine.validation.coverage import coverage
+        from mdth_engine.api import coverage
 
         return coverage(self.store, start, end, settings=self.settings, **selection).to_pylist()
 
@@ -193,10 +193,7 @@ class ConsoleBackend:
     # -- live ----------------------------------------------------------------------------------------------
     def open_stream(self, source: str, symbols: list[str], timeframes: str) -> Any:
         """A ``LiveFeatureStream`` for display: drops its oldest bars rather than ever blocking the engine."""
-        try:
-            from mdth_engine.live import LiveFeatureStream  # type: ignore[attr-defined]
-        except ImportError:
-            from mdth_engine.live.stream import LiveFeatureStream
+        from mdth_engine import LiveFeatureStream
 
         return LiveFeatureStream(
             symbols, timeframes, source=source, lake=self.lake_url, policy="drop_oldest", events=True

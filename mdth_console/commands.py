@@ -32,7 +32,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("jobs", "[FILTER]", "every job (filter: running, failed, a job id part, ...)"),
     CommandSpec("job", "JOB_ID", "one job: shards, rates, ETA, heartbeats, failures, logs"),
     CommandSpec(
-        "launch", "[STAGE] [--start D] [--end D] [--symbols ..] [--shards N]", "the launch form, filled in"
+        "launch",
+        "[STAGE] [--start D] [--end D] [--symbols ..] [--shards N]",
+        "the launch form: these fields, defaults for the rest",
     ),
     CommandSpec("coverage", "[START [END]] [TYPES]", "the days x instruments grid of what the lake holds"),
     CommandSpec("inspect", "[KEY [DATE]]", "an instrument: definition, calendar, last ticks, candles"),

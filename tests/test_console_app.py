@@ -172,13 +172,25 @@ async def test_filter_narrows_the_jobs_list_and_escape_clears_it():
         assert "download-20240303-110000-aaaaaa" in screen_text(app)
 
 
+async def goto(pilot, key: str) -> None:
+    """Let the app start, then open the screen of number ``key``."""
+    await settle(pilot)
+    await pilot.press(key)
+    await settle(pilot)
+
+
+async def paste_command(pilot, command: str) -> None:
+    """Open the command line, paste ``command`` (typing it is tested elsewhere) and run it."""
+    await pilot.press("colon")
+    pilot.app.screen.query_one("#command-line").value = command
+    await pilot.press("enter")
+
+
 async def test_cancel_asks_first_naming_the_job_and_no_is_the_default():
     backend = FrozenBackend()
     app = make_app(backend=backend)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("2")
-        await settle(pilot)
+        await goto(pilot, "2")
         await pilot.press("c")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmScreen)
@@ -193,6 +205,101 @@ async def test_cancel_asks_first_naming_the_job_and_no_is_the_default():
         await pilot.press("y")
         await settle(pilot)
         assert backend.cancelled == ["download-20240303-110000-aaaaaa"]
+
+
+async def test_retry_relaunches_the_selected_job_and_clean_up_asks_first():
+    backend = FrozenBackend()
+    app = make_app(backend=backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await goto(pilot, "2")
+        failed = "download-20240303-090000-cccccc"
+        await pilot.press("down", "down")  # newest first: the failed download is the third row
+        await pilot.press("r")
+        await wait_for(pilot, lambda: backend.retried != [], 5, "the retry")
+        assert backend.retried == [(failed, None)]
+        await wait_for(
+            pilot, lambda: any("relaunched shard(s) 1" in str(n.message) for n in app._notifications), 5
+        )
+        await pilot.press("x")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert f"Clean up job {failed}?" in screen_text(app)
+        await pilot.press("n")
+        await settle(pilot)
+        assert backend.cleaned == [] and isinstance(app.screen, JobsScreen)
+        await pilot.press("x")
+        await settle(pilot)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: backend.cleaned != [], 5, "the clean up")
+        assert backend.cleaned == [failed]
+        await wait_for(
+            pilot, lambda: any("marked dead: 1, 3" in str(n.message) for n in app._notifications), 5
+        )
+        assert backend.cancelled == [] and backend.launched == []
+
+
+async def test_a_launch_command_resets_what_it_does_not_give():
+    """`:launch candles --start D` after a two-day form is one day: the end it does not give is reset."""
+    backend = FrozenBackend()
+    app = make_app(backend=backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await paste_command(
+            pilot, "launch candles --start 2024-03-02 --end 2024-03-03 --timeframes 1h --shards 2"
+        )
+        await wait_for(pilot, lambda: "plan: 84 unit(s)" in screen_text(app), 10, "the two-day plan")
+        await pilot.press("colon")
+        await press_text(pilot, "launch candles --start 2024-03-05")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "plan: 42 unit(s)" in screen_text(app), 10, "the one-day plan")
+        await settle(pilot)
+        text = " ".join(screen_text(app).split())
+        assert "$ mdth --lake /lake/frozen candles --start 2024-03-05 Launch" in text
+        assert "2024-03-03" not in text
+        assert "--timeframes" not in text and "--shards" not in text
+        form = app.screen.values()
+        assert (form["end"], form["timeframes"], form["shards"]) == ("", "", "1")
+        await pilot.press("colon")  # a bare :launch keeps the form
+        await press_text(pilot, "launch")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen.values()["start"] == "2024-03-05"
+
+
+async def test_the_plan_shows_bytes_only_where_they_are_a_size():
+    """A download's estimate is bytes to fetch; validate's only weighs units, so no "about 3 B" there."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for command, shown in [
+            (
+                "launch download --start 2024-03-02",
+                "plan: 42 unit(s) · about 117.7 MB to download · 1 day(s)",
+            ),
+            ("launch validate --start 2024-03-02", "plan: 42 unit(s) · 1 day(s)"),
+        ]:
+            await paste_command(pilot, command)
+            await wait_for(pilot, lambda s=shown: s in screen_text(app), 10, shown)
+
+
+async def test_a_finished_shard_without_a_log_says_none_was_recorded():
+    class NoLogs(FrozenBackend):
+        def log(self, job_id: str, shard: int, tail: int = 200) -> str:
+            return ""
+
+    app = make_app(backend=NoLogs())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await paste_command(pilot, "job candles-20240303-100000-bbbbbb")
+        await wait_for(pilot, lambda: "written 21" in screen_text(app), 5, "the finished job")
+        await pilot.press("l")
+        await wait_for(pilot, lambda: "no log recorded for shard 0: it ran in-process" in screen_text(app), 5)
+        await pilot.press("escape")
+        await settle(pilot)
+        await paste_command(pilot, "job download-20240303-110000-aaaaaa")  # a running shard's: not yet
+        await wait_for(pilot, lambda: "4 shard(s) on local" in screen_text(app), 5, "the running job")
+        await pilot.press("down", "l")
+        await wait_for(pilot, lambda: "(no log for shard 1 yet)" in screen_text(app), 5)
 
 
 async def test_read_only_hides_every_mutating_action():
@@ -346,8 +453,31 @@ async def test_a_stream_that_cannot_start_says_why():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await pilot.press("colon")
-        app.screen.query_one("#command-line").value = "stream nowhere:[/x]"
-        await pilot.press("enter")
+        await paste_command(pilot, "stream nowhere:[/x]")
         await wait_for(pilot, lambda: "unknown source 'nowhere:[/x]'" in screen_text(app), 10, "the reason")
         assert "failed" in screen_text(app) and "Start" in screen_text(app)
+
+
+def test_the_console_imports_only_the_engine_facade():
+    """DESIGN: the console talks to the engine through ``mdth_engine.api`` (and the top-level package's lazy
+    names) only, so the engine's internals can move without breaking it."""
+    import ast
+    from pathlib import Path
+
+    import mdth_console
+
+    allowed = {"mdth_engine", "mdth_engine.api"}
+    offenders = []
+    for path in sorted(Path(mdth_console.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] if node.level == 0 else []
+            offenders += [
+                f"{path.name}:{node.lineno} {name}"
+                for name in names
+                if name.startswith("mdth_engine")
+                and name.split(".")[0] == "mdth_engine"
+                and name not in allowed
+            ]
+    assert offenders == [], offenders

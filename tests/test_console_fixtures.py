@@ -169,6 +169,8 @@ class FrozenBackend(ConsoleBackend):
         self.markup = markup
         self.launched: list[Any] = []
         self.cancelled: list[str] = []
+        self.retried: list[tuple[str, list[int] | None]] = []
+        self.cleaned: list[str] = []
 
     def now(self) -> float:
         return NOW
@@ -317,10 +319,12 @@ class FrozenBackend(ConsoleBackend):
         return [1, 2, 3]
 
     def retry(self, job_id: str, shards: list[int] | None = None) -> list[int]:
+        self.retried.append((job_id, shards))
         return [1]
 
     def cleanup(self, job_id: str) -> dict[str, Any]:
-        return {"job_id": job_id, "stopped": [], "marked_dead": [], "deleted": 0}
+        self.cleaned.append(job_id)
+        return {"job_id": job_id, "stopped": [4001], "marked_dead": [1, 3], "deleted": 0}
 
     def preview(self, request: Any, shards: int) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ from test_console_fixtures import SIZE, press_text, settle, wait_for
 
 from mdth_console.app import MdthApp
 from mdth_console.screens.jobs import JobDetailScreen
+from mdth_console.screens.modals import ConfirmScreen
 from mdth_console.snapshot import screen_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,6 +87,24 @@ async def test_inspector_finds_an_instrument_by_fuzzy_search(built_lake: Path):
         assert "┤" in screen_text(app)  # plotext's axis: a chart was drawn
 
 
+async def test_the_inspector_shows_a_lookup_error_in_full(built_lake: Path):
+    """An error longer than the title line is shown wrapped below it, not cut at 80 columns."""
+    app = MdthApp(str(built_lake))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await press_text(pilot, "inspect BINANCE:SPOT_PAIR:BTCUSDT")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "✗ BINANCE:SPOT_PAIR:BTCUSDT" in screen_text(app), 15, "the error")
+        text = " ".join(screen_text(app).split("▕"))  # the right pane, without the list's border
+        assert "symbol 'BTCUSDT' must be BASE-QUOTE for SPOT_PAIR" in " ".join(text.split())
+        await pilot.press("colon")  # a good key brings the tabs back
+        await press_text(pilot, f"inspect {SPOT}")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "instrument_type" in screen_text(app), 15, "the definition")
+        assert "must be BASE-QUOTE" not in screen_text(app)
+
+
 async def test_coverage_shows_an_injected_gap_and_its_reason(lake_copy: Path):
     from mdth_engine.storage import layout
 
@@ -113,6 +132,40 @@ async def test_coverage_shows_an_injected_gap_and_its_reason(lake_copy: Path):
         await settle(pilot)
         text = screen_text(app)
         assert "corrupt" in text and "trades" in text
+
+
+async def test_fix_downloads_a_missing_cell_chosen_by_keys_and_the_job_ends_done(
+    lake_copy: Path, sim_env, monkeypatch
+):
+    """Keys only: arrows to the missing cell, f, the dialog names what it downloads, y; the download job
+    launched for it runs as worker processes against the simulator and the file is back."""
+    from mdth_engine.storage import layout
+
+    monkeypatch.setenv("MDTH_WORKER_HEARTBEAT_S", "0.4")
+    victim = lake_copy / layout.raw_path(dt.date(2024, 3, 2), "trades", PERP)
+    victim.unlink()
+    app = MdthApp(str(lake_copy))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await wait_for(pilot, lambda: "1 gap(s)" in screen_text(app), 20, "coverage")
+        labels = [
+            line.split()[0] for line in screen_text(app).splitlines() if line.strip().startswith("BINANCE")
+        ]
+        await pilot.press(*["down"] * labels.index(PERP), "right")  # the cursor starts on the first day
+        await settle(pilot)
+        assert "never_attempted" in screen_text(app)  # the reasons of the cell under the cursor
+        await pilot.press("f")
+        await wait_for(pilot, lambda: "Download what is missing?" in screen_text(app), 15, "the dialog")
+        assert isinstance(app.screen, ConfirmScreen)
+        text = screen_text(app)  # the dialog's lines are framed: check them one by one
+        assert f"1 file(s) in {PERP} on 2024-03-02: 1" in text and "download job(s)" in text
+        assert "download --start 2024-03-02 --data-types trades --symbols" in text
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobDetailScreen), 30, "the job detail")
+        await wait_for(pilot, lambda: "\n done  1/1 units" in screen_text(app), 90, "the job to finish")
+        assert "written 1" in screen_text(app) and "0 failed" in screen_text(app)
+    assert victim.exists()
 
 
 async def test_stream_screen_shows_bars_close_from_a_lake_replay(built_lake: Path):

@@ -89,6 +89,7 @@ class InspectorScreen(BaseScreen):
                 yield Static(
                     Text("pick an instrument on the left (/ searches)", style="dim"), id="insp-title"
                 )
+                yield Static("", id="insp-error")
                 with TabbedContent(id="insp-tabs", initial="tab-def"):
                     with TabPane("definition", id="tab-def"):
                         yield DataTable(id="insp-def", show_header=False, cursor_type="row")
@@ -215,7 +216,7 @@ class InspectorScreen(BaseScreen):
             try:
                 out["report"] = self.backend.inspect(key, day)
             except Exception as exc:
-                out["error"] = first_line(exc)
+                out["error"] = str(exc).strip() or type(exc).__name__  # all of it: shown wrapped
             else:
                 today = out["report"]["calendar"][-1]["data"] if out["report"]["calendar"] else {}
                 chosen = (
@@ -242,8 +243,12 @@ class InspectorScreen(BaseScreen):
         if generation != self.generation:
             return
         title = self.query_one("#insp-title", Static)
-        if "error" in out:
-            title.update(Text(f"{key}: {out['error']}", style="red"))
+        error = self.query_one("#insp-error", Static)
+        failed = "error" in out
+        error.display, self.query_one("#insp-tabs").display = failed, not failed
+        if failed:  # the title is one line: the reason goes below it, wrapped, where the tabs were
+            title.update(Text(f"✗ {key}", style="bold red"))
+            error.update(Text(out["error"], style="red"))
             return
         report = self.report = out["report"]
         self.data_type = out.get("data_type")

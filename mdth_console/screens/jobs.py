@@ -296,7 +296,7 @@ class JobDetailScreen(BaseScreen):
 
     def show_log(self, result: tuple[int, str]) -> None:
         shard, text = result
-        lines = text.splitlines() or [f"(no log for shard {shard} yet)"]
+        lines = text.splitlines() or [self.no_log(shard)]
         log = self.query_one(Log)
         if shard != self.log_shard or not self.log_lines:
             log.clear()
@@ -309,6 +309,16 @@ class JobDetailScreen(BaseScreen):
             elif new:
                 log.write_lines(new)
         self.log_shard, self.log_lines = shard, lines
+
+    def no_log(self, shard: int) -> str:
+        """What an empty log means: not written yet while the shard runs; once it has finished, none was kept
+        (a shard run in-process, as `mdth download` does, writes no worker log)."""
+        records = [s for s in self.status.shards if s.shard == shard] if self.status is not None else []
+        if not records or not records[0].final:
+            return f"(no log for shard {shard} yet)"
+        if records[0].state == "done":
+            return f"(no log recorded for shard {shard}: it ran in-process)"
+        return f"(no log recorded for shard {shard})"
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "shards-table" and self.log_visible():

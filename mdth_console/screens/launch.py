@@ -32,6 +32,13 @@ DATA_TYPES = (
     "all",
 )
 TIMEFRAMES = ("15s", "1m", "5m", "15m", "1h", "4h", "24h")
+# What a plan's byte estimate measures, per stage; the others' (validate, instruments) only weigh units.
+BYTES_MEANING = {
+    "download": "to download",
+    "pipeline": "to download",
+    "candles": "to read",
+    "upload": "to upload",
+}
 # Which fields each stage takes (the others are disabled).
 FIELDS = {
     "pipeline": {"venues", "types", "data_types", "symbols", "bases", "max_instruments", "shards", "backend"},
@@ -82,7 +89,9 @@ class LaunchScreen(BaseScreen):
     HELP = (
         "Fill the form (Tab moves, comma lists complete with →); the plan and the equivalent command update as "
         "you type. ctrl+l (or the Launch button) starts it as a job of worker processes: it keeps running when "
-        "the console closes. A pipeline runs download, candles, validate and upload as successive jobs."
+        "the console closes. A pipeline runs download, candles, validate and upload as successive jobs. "
+        ":launch STAGE --start D … sets the whole form: fields it does not give go back to their defaults "
+        "(no --end: one day)."
     )
     BINDINGS = [
         Binding("ctrl+l", "launch", "Launch", id="launch.go"),
@@ -97,6 +106,8 @@ class LaunchScreen(BaseScreen):
         self.launching = False
         self.shards, self.backend_name = 1, "local"
         self._preview_timer: Any = None
+        self.default_start = ""  # the day after the lake's last day of ticks, once the lake is read
+        self.from_command = False  # a `:launch` command set the form: it says the whole selection
 
     def compose_body(self) -> ComposeResult:
         def field(name: str, placeholder: str, suggest: Any = None) -> Input:
@@ -174,18 +185,18 @@ class LaunchScreen(BaseScreen):
         (never the whole master of a venue by accident); yesterday on an empty lake."""
         import datetime as dt
 
+        days = overview.get("tick_days") or []
+        if days:
+            day = dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)
+        else:
+            day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        self.default_start = day.isoformat()
         start = self.query_one("#f-start", Input)
-        if not start.value:
-            days = overview.get("tick_days") or []
-            if days:
-                day = dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)
-            else:
-                day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-            start.value = day.isoformat()
-            keys = overview.get("tick_keys") or []
-            symbols = self.query_one("#f-symbols", Input)
-            if keys and len(keys) <= 50 and not symbols.value:
-                symbols.value = ",".join(keys)
+        start.value = start.value or self.default_start
+        keys = overview.get("tick_keys") or []
+        symbols = self.query_one("#f-symbols", Input)
+        if keys and len(keys) <= 50 and not symbols.value and not self.from_command:
+            symbols.value = ",".join(keys)
         self.schedule_preview()
 
     # -- form ----------------------------------------------------------------------------------------------
@@ -198,8 +209,22 @@ class LaunchScreen(BaseScreen):
         out["force"] = self.query_one("#f-force", Checkbox).value
         return out
 
+    def reset_form(self) -> None:
+        """Every field back to its default, so a `:launch` command says the whole form, like the `mdth` command
+        it mirrors, and never inherits (say) the end date of the previous one."""
+        defaults = {"start": self.default_start, "shards": "1"}
+        self.query_one("#f-stage", Select).value = "download"
+        self.query_one("#f-backend", Select).value = "local"
+        for name in TEXT_FIELDS:
+            self.query_one(f"#f-{name}", Input).value = defaults.get(name, "")
+        self.query_one("#f-force", Checkbox).value = False
+        self.from_command = True
+
     def prefill(self, fields: dict[str, str]) -> None:
-        """Set form fields from `:launch` arguments (unknown stages are refused with a toast)."""
+        """Set the form from `:launch` arguments: what they give, and defaults for the rest (unknown stages
+        are refused with a toast). A bare `:launch` keeps the form as it is."""
+        if fields:
+            self.reset_form()
         if "stage" in fields:
             if fields["stage"] not in STAGES:
                 self.show_error(f"unknown stage {fields['stage']!r}; use one of {', '.join(STAGES)}")
@@ -325,7 +350,9 @@ class LaunchScreen(BaseScreen):
             text.append("planned at launch", style="yellow")
         else:
             text.append(f"{plan['units']:,} unit(s)", style="bold")
-            text.append(f" · about {human_bytes(plan['est_bytes'])}")
+            moved = BYTES_MEANING.get(plan["operation"])
+            if moved and (plan["est_bytes"] or 0) >= 1024:  # below that it is a weight or a skip, not a size
+                text.append(f" · about {human_bytes(plan['est_bytes'])} {moved}")
         text.append(f" · {plan['days']} day(s)")
         if plan["operation"] != "instruments":
             text.append(f" · {plan['shards']} shard(s) on {self.backend_name}")
