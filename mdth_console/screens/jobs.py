@@ -345,7 +345,7 @@ class JobDetailScreen(BaseScreen):
             return allowed
         if action == "cancel_job" and self.status.finished:
             return None
-        if action == "retry_job" and self.status.state not in ("failed", "cancelled"):
+        if action == "retry_job" and self.status.state not in ("failed", "cancelled", "stale"):
             return None
         return True
 

@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     )
     tardis_api_key_secret: str | None = Field(
         None,
-        description="Secret Manager name of the Tardis key (projects/P/secrets/S[/versions/V]), used by VM workers.",
+        description="Secret Manager name of the Tardis key (projects/P/secrets/S[/versions/V]): VM workers read "
+        "the key from it; required by --backend gce for downloads.",
     )
     warehouse: str | None = Field(
         None,
