@@ -97,7 +97,7 @@ def test_the_mdth_script_keeps_click_exit_codes():
 def test_date_with_start_or_end_is_a_usage_error_in_every_dated_command(tmp_path):
     """`--date D` means `--start D --end D`; giving both is refused before any work, in one line."""
     lake = tmp_path / "lake"
-    for command in (["download"], ["candles"], ["instruments"], ["pipeline"]):
+    for command in (["download"], ["candles"], ["instruments"], ["pipeline"], ["validate"], ["upload"]):
         for other in (["--start", "2024-03-12"], ["--end", "2024-03-12"]):
             proc = mdth(*command, "--date", "2024-03-12", *other, "--lake", str(lake))
             assert proc.returncode == 2, (command, other, proc.stderr)

@@ -222,9 +222,12 @@ def _notes(results: Iterable[Any]) -> list[str]:
 
 
 def date_range(start: str | None, end: str | None, date: str | None = None) -> tuple[Any, Any]:
-    """``--start/--end`` (inclusive) or ``--date``; checked before any work starts."""
+    """``--start/--end`` (inclusive) or ``--date``; checked before any work starts. ``--date D`` is
+    ``--start D --end D``, so giving both is a usage error rather than one silently winning."""
     from mdth_engine.core.timeframes import day_range, parse_day
 
+    if date and (start or end):
+        raise UsageError("give --date or --start/--end, not both")
     if date:
         day = parse_day(date, "--date")
         return day, day

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,6 @@ from mdth_engine.cli.common import (
     settings_for,
     split_list,
 )
-from mdth_engine.core.errors import UsageError
 
 StartOpt = Annotated[str | None, typer.Option("--start", help="First UTC day, YYYY-MM-DD.")]
 EndOpt = Annotated[str | None, typer.Option("--end", help="Last UTC day (inclusive); default: --start.")]
@@ -48,14 +47,6 @@ ConcurrencyOpt = Annotated[
 ]
 
 
-def request_days(start: str | None, end: str | None, date: str | None) -> tuple[Any, Any]:
-    """The first and last day of a dated command: ``--date D`` is ``--start D --end D``, so giving both is a
-    usage error rather than one silently winning."""
-    if date and (start or end):
-        raise UsageError("give --date or --start/--end, not both")
-    return date_range(start, end, date)
-
-
 def build_request(
     operation, start, end, venues, types, data_types, symbols, bases, max_instruments, options, date=None
 ):
@@ -64,7 +55,7 @@ def build_request(
     from mdth_engine.stages.download import parse_data_types
     from mdth_engine.stages.instruments import parse_types, parse_venues
 
-    first, last = request_days(start, end, date)
+    first, last = date_range(start, end, date)
     return Request(
         operation,
         first,

@@ -9,13 +9,14 @@ import typer
 from mdth_engine.cli.common import (
     JsonOpt,
     LakeOpt,
+    date_range,
     execute_stage,
     json_mode,
     print_rows,
     settings_for,
     split_list,
 )
-from mdth_engine.cli.download import DateOpt, EndOpt, StartOpt, request_days
+from mdth_engine.cli.download import DateOpt, EndOpt, StartOpt
 
 app = typer.Typer(help="Build and query the point-in-time instrument master.", invoke_without_command=True)
 
@@ -45,7 +46,7 @@ def build(
     from mdth_engine.stages.base import Request
     from mdth_engine.stages.instruments import parse_types, parse_venues
 
-    first, last = request_days(start, end, date)
+    first, last = date_range(start, end, date)
     request = Request(
         "instruments",
         first,

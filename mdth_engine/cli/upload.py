@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from mdth_engine.cli.common import JsonOpt, LakeOpt, date_range, json_mode, print_json, settings_for
+from mdth_engine.cli.download import DateOpt, EndOpt, StartOpt
 
 WarehouseOpt = Annotated[
     str | None,
@@ -22,10 +23,9 @@ def register(app: typer.Typer) -> None:
     @app.command("upload")
     def upload(
         ctx: typer.Context,
-        start: Annotated[str | None, typer.Option("--start", help="First UTC day, YYYY-MM-DD.")] = None,
-        end: Annotated[
-            str | None, typer.Option("--end", help="Last UTC day (inclusive); default: --start.")
-        ] = None,
+        start: StartOpt = None,
+        end: EndOpt = None,
+        date: DateOpt = None,
         timeframes: Annotated[
             str | None, typer.Option("--timeframes", help="Comma list, e.g. 1m,1h (default: all seven).")
         ] = None,
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
 
         if backend not in ("local", "gce"):
             raise typer.BadParameter("use local or gce", param_hint="--backend")
-        first, last = date_range(start, end)
+        first, last = date_range(start, end, date)
         request = Request(
             "upload",
             first,

@@ -25,6 +25,7 @@ from mdth_engine.cli.download import (
     BackendOpt,
     BasesOpt,
     DataTypesOpt,
+    DateOpt,
     EndOpt,
     MaxOpt,
     StartOpt,
@@ -43,7 +44,6 @@ FixShardsOpt = Annotated[
         "--shards", min=1, help="Run the validation (and --fix's download) as a job over N workers."
     ),
 ]
-DateOpt = Annotated[str | None, typer.Option("--date", help="One UTC day (instead of --start/--end).")]
 DEFAULT_CONCURRENCY = 2  # days at once; each scans a few files at a time
 SHOWN_COLUMNS = ["day", "instrument_key", "data_type", "check", "status", "class", "rows", "detail"]
 _STATUS_STYLE = {"error": "bold red", "warn": "yellow", "ok": "green", "skip": "dim"}
@@ -55,13 +55,11 @@ def validate_request(
     """The validate request from the command line; every option is checked before any work starts."""
     from mdth_engine.validation.report import parse_checks
 
-    if date:
-        start = end = date
     options: dict[str, Any] = {"checks": parse_checks(checks)}
     if binance_url:
         options["binance_rest_url"] = binance_url
     return build_request(
-        "validate", start, end, venues, types, data_types, symbols, bases, max_instruments, options
+        "validate", start, end, venues, types, data_types, symbols, bases, max_instruments, options, date=date
     )
 
 
