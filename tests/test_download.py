@@ -311,3 +311,22 @@ def test_a_rerun_plans_present_files_as_cheap_so_shards_balance_what_is_left(sim
     assert planned[done] == PRESENT_BYTES and planned[left] > 100 * PRESENT_BYTES
     forced = estimates("--force")
     assert forced[done] > 100 * PRESENT_BYTES and forced[left] == planned[left]
+
+
+def test_a_terminal_gets_progress_bars_with_units_rows_and_rate(sim_server, tmp_path):
+    """On a TTY (a pty here): rich progress for the stage (units done of total, rows, MB/s) and the summary."""
+    import os
+    import re
+
+    from terminal import plain_text, run_in_terminal
+
+    env = {**os.environ, **sim_server.env(), "MDTH_TARDIS_API_KEY": SIM_API_KEY, "MDTH_LAKE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "mdth_engine.cli", "download", "--start", str(DAY)]
+    cmd += ["--symbols", ",".join(SYMBOLS[:2]), "--data-types", "trades,liquidations"]
+    code, raw, err = run_in_terminal(cmd, env)
+    assert code == 0, err
+    assert b"\x1b[" in raw  # drawn with terminal control codes, not printed as plain lines
+    text = plain_text(raw)
+    bar = [line for line in text.splitlines() if line.startswith("download ") and "━" in line][-1]
+    assert re.search(r"download\s.*━.*\s(\d+)/\1\s+[\d,]+ rows\s+[\d.]+ MB/s", bar), bar
+    assert "download: 3 units (3 written)" in text  # spot has no liquidations

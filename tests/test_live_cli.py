@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import fcntl
 import json
 import os
-import pty
 import re
-import select
 import signal
 import stat
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -26,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from lake_builders import arrival_trades, book_table, write_ticks
+from terminal import plain_text, run_in_terminal
 
 from mdth_engine.core.timeframes import day_start_us
 from mdth_engine.features.batch import build_candles
@@ -135,39 +131,13 @@ def test_a_live_source_reports_its_arrival_to_bar_latency(tmp_path):
 def test_a_terminal_gets_the_live_table_and_the_status_line(lake):
     """On a TTY (a pty here, 160 columns): the rich table with every instrument and timeframe's last closed bar,
     the status line and the end notice; the summary goes to stderr."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    env = {**os.environ, "MDTH_LAKE": str(lake), "TERM": "xterm", "COLUMNS": "160", "LINES": "40"}
-    for name in ("NO_COLOR", "FORCE_COLOR", "TERM_PROGRAM"):
-        env.pop(name, None)
+    env = {**os.environ, "MDTH_LAKE": str(lake)}
     cmd = [sys.executable, "-m", "mdth_engine.cli", "stream", "--source", f"replay:{KEY}@{DAY}"]
     cmd += ["--timeframes", "1h", "--speed", "max"]
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env)
-    os.close(slave)
-    raw = b""
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the process closed the terminal
-                    break
-                if not chunk:
-                    break
-                raw += chunk
-            elif proc.poll() is not None:
-                break
-        err = proc.communicate(timeout=60)[1].decode()
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    code, raw, err = run_in_terminal(cmd, env)
+    assert code == 0, err
     assert b"\x1b[" in raw  # drawn with terminal control codes, not printed as plain lines
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode()).replace("\r", "\n")
+    text = plain_text(raw)
     screen = text[text.rindex("instrument") :]  # the last frame drawn
     cells = [[c.strip() for c in re.split("[┃│]", line)] for line in screen.splitlines()]
     assert cells[0] == [
