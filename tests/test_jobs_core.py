@@ -262,6 +262,7 @@ def test_a_worker_run_removes_what_killed_runs_left(
     dirs = {
         "dead": spools / f"mdth-fake-20240101-000000-abcdef-0-p{dead.pid}-a1b2c3d4",
         "live": spools / f"mdth-fake-20240101-000000-abcdef-0-p{os.getpid()}-e5f6g7h8",
+        "dead planner": spools / f"mdth-plan-p{dead.pid}-i9j0k1l2",
         "not a spool": spools / "mdth-bench-cache",
     }
     for path in temps.values():
@@ -272,7 +273,7 @@ def test_a_worker_run_removes_what_killed_runs_left(
     assert run_shard(store, spec.job_id, 0, settings, events.append).state == "done"
     assert [k for k, p in temps.items() if p.exists()] == ["live", "other host"]
     assert [k for k, p in dirs.items() if p.exists()] == ["live", "not a spool"]
-    assert any(e.message == "removed 2 leftovers of killed runs" for e in events)
+    assert any(e.message == "removed 3 leftovers of killed runs" for e in events)
     assert [p.name for p in spools.glob("mdth-fake-*")] == [dirs["live"].name]  # its own spool is gone too
 
 

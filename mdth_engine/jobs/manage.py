@@ -7,6 +7,7 @@ read: progress, failures and liveness all come from records the workers write.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tempfile
 import time
@@ -58,7 +59,7 @@ def create_job(
         check_shared_warehouse(backend, settings)
     job_id = new_job_id(request.operation)
     if units is None:
-        spool = Path(tempfile.mkdtemp(prefix="mdth-plan-"))
+        spool = Path(tempfile.mkdtemp(prefix=f"mdth-plan-p{os.getpid()}-"))  # a kill's leftover is swept
         try:
             stage = get_stage(request.operation, StageContext(settings, store, spool, sink, job_id))
             units = stage.plan(request)

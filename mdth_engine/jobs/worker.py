@@ -38,8 +38,9 @@ FLUSH_UNITS = 500
 LOG_UPLOAD_S = 30.0
 RATE_WINDOW_S = 30.0
 LEFTOVER_MAX_AGE_S = 86400.0  # a temp file or spool folder whose writer cannot be asked is gone after a day
-# ``mdth-{job_id}-{shard}-p{pid}-{random}`` spool folders (``mdth-{job_id}-{shard}-{random}`` before pids).
-_SPOOL = re.compile(r"mdth-[a-z][a-z0-9-]*-\d+-(?:p(?P<pid>\d+)-)?[a-z0-9_]{8}")
+# ``mdth-{job_id}-{shard}-p{pid}-{random}`` spool folders (``mdth-{job_id}-{shard}-{random}`` before pids), and
+# ``mdth-plan-p{pid}-{random}`` planning folders (``mdth-plan-{random}`` before pids).
+_SPOOL = re.compile(r"mdth-(?:[a-z][a-z0-9-]*-\d+-|plan-)(?:p(?P<pid>\d+)-)?[a-z0-9_]{8}")
 
 
 @dataclasses.dataclass
