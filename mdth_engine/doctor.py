@@ -144,9 +144,13 @@ def check_warehouse(settings: Settings, timeout: float = 5.0) -> Check:
 
 def check_bigquery(parsed: Any, timeout: float) -> Check:
     """Credentials load and the dataset answers, with the client and endpoint an upload would use."""
-    import google.auth
-    from google.api_core import exceptions as api
-    from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
+    try:
+        import google.auth
+        from google.api_core import exceptions as api
+        from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
+    except ImportError:
+        return Check("warehouse", "fail", f"{parsed.display}: the Google Cloud clients are not installed",
+                     "pip install 'mdth[gcp]'")  # fmt: skip
 
     from mdth_engine.warehouse.bigquery import BigQueryWarehouse, api_error_line
 

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 
@@ -125,3 +126,30 @@ def test_download_date_plans_the_same_units_as_that_start_and_end(sim_server, tm
     assert by_date and all(unit.startswith("2024-03-12/") for unit in by_date), by_date
     assert by_date == planned("--start", "2024-03-12", "--end", "2024-03-12")
     assert not any(open_store(str(tmp_path)).list("raw_tick_data/"))  # a dry run downloads nothing
+
+
+def test_output_lost_at_exit_is_an_error_but_a_closed_pipe_is_not():
+    """A full disk under `> out.json` cuts the output: exit 120 as CPython's own exit would; `| head` is fine."""
+    full = (
+        "import sys; from mdth_engine.core.shutdown import leave; "
+        "sys.stdout = open('/dev/full', 'w'); print('result'); leave(0)"
+    )
+    assert subprocess.run([sys.executable, "-c", full], capture_output=True).returncode == 120
+    code = (
+        "import sys; from mdth_engine.core.shutdown import leave; print('x'); sys.stdin.readline(); leave(0)"
+    )
+    pipe = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={
+            k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"
+        },  # the output waits in the buffer
+    )
+    assert pipe.stdout is not None and pipe.stdin is not None
+    pipe.stdout.close()  # the reader went away (like `head`) while the output still sits in the buffer
+    pipe.stdin.write(b"go\n")
+    pipe.stdin.close()
+    pipe.wait(timeout=30)
+    assert pipe.returncode == 0

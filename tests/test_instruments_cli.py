@@ -2,6 +2,7 @@
 (table, CSV, JSON) and `mdth inspect` (definition, calendar, closest matches)."""
 
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -93,19 +94,28 @@ def test_build_with_types_adds_only_those_and_keeps_the_rest(sim_server, tmp_pat
         table = Lake(str(tmp_path)).instruments("2021-03-01")
         return {r["instrument_key"]: r for r in table.to_pylist()}
 
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from mdth_engine.storage import layout
+    from mdth_engine.storage.store import open_store
+
     proc = mdth(env, *build, "--types", "FUTURE")
     assert proc.returncode == 0, proc.stderr
-    futures = rows()
-    assert {r["instrument_type"] for r in futures.values()} == {"FUTURE"}
-    assert {r["venue"] for r in futures.values()} == {"BINANCE-FUTURES", "DERIBIT"}
+    whole = rows()  # no master yet: the venues enter it whole, so later requests for other types find them
+    assert {"FUTURE", "PERPETUAL", "OPTION"} <= {r["instrument_type"] for r in whole.values()}
 
+    # An older build that missed the perpetuals: --types PERP adds exactly those and keeps the rest as it was.
+    path = open_store(str(tmp_path)).local_path(layout.instruments_path(dt.date(2021, 3, 1)))
+    table = pq.read_table(path)
+    pq.write_table(table.filter(pc.not_equal(table["instrument_type"], "PERPETUAL")), path)
     proc = mdth(env, *build, "--types", "PERP")
     assert proc.returncode == 0, proc.stderr
     after = rows()
-    new = {k: r for k, r in after.items() if k not in futures}
-    assert {r["instrument_type"] for r in new.values()} == {"PERPETUAL"}  # no options, chains or spot
-    assert {"BINANCE-FUTURES:PERPETUAL:BTC-USDT", "DERIBIT:PERPETUAL:BTC-USD"} <= set(new)
-    assert {k: after[k] for k in futures} == futures  # the futures written before are untouched
+    assert set(after) == set(whole)
+    assert {k: r for k, r in after.items() if r["instrument_type"] != "PERPETUAL"} == {
+        k: r for k, r in whole.items() if r["instrument_type"] != "PERPETUAL"
+    }
 
 
 def test_a_typed_download_builds_whole_venues_in_the_master(sim_server, tmp_path):

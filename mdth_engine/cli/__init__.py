@@ -23,7 +23,8 @@ def _one_line(exc: ClickException) -> typer.Exit:
     message = " ".join(exc.format_message().split())
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} -h')" if isinstance(exc, UsageError) and ctx is not None else ""
-    typer.echo(f"mdth: error: {message}{hint}", err=True)
+    if message:  # a group run without a command has printed its help already: nothing to add
+        typer.echo(f"mdth: error: {message}{hint}", err=True)
     return typer.Exit(exc.exit_code)
 
 

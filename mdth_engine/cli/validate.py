@@ -81,7 +81,9 @@ def run_validation(ctx: typer.Context, request, settings, json_out: bool, concur
         )
 
 
-def run_validation_job(ctx: typer.Context, request, settings, json_out: bool, shards: int, backend: str):
+def run_validation_job(
+    ctx: typer.Context, request, settings, json_out: bool, concurrency, shards: int, backend: str
+):
     """Validation as a recorded job over ``shards`` workers (local processes or VMs); the run summary is
     rebuilt from the recorded outcomes, and a unit that never finished counts as failed."""
     import json
@@ -94,6 +96,8 @@ def run_validation_job(ctx: typer.Context, request, settings, json_out: bool, sh
     from mdth_engine.storage.store import open_store
 
     store = open_store(settings.lake)
+    days_at_once = concurrency or DEFAULT_CONCURRENCY  # each worker validates this many days at a time
+    settings = settings.model_copy(update={"concurrency": days_at_once})
     spec = create_job(store, request, shards=shards, backend=backend, settings=settings)
     if not json_out:
         typer.echo(f"validate: job {spec.job_id}: {spec.units} day(s) over {spec.shards} shard(s)", err=True)
@@ -364,7 +368,7 @@ def register(app: typer.Typer) -> None:
         units = plan_stage(request, settings)  # selectors checked before any work
         store = open_store(settings.lake)
         if shards > 1 or backend != "local":
-            summary = run_validation_job(ctx, request, settings, as_json, shards, backend)
+            summary = run_validation_job(ctx, request, settings, as_json, concurrency, shards, backend)
         else:
             summary = run_validation(ctx, request, settings, as_json, concurrency, units)
         table, summaries = latest_reports(store, reported_days(request, summary))

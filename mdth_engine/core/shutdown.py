@@ -33,6 +33,8 @@ def leave(code: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):  # a closed pipe (`mdth gaps | head`) has nothing left to say
+            except BrokenPipeError:  # a closed pipe (`mdth gaps | head`) has nothing left to say
                 pass
+            except (OSError, ValueError):  # a full disk under `> out.json`: the output is cut, so say so
+                code = code or 120  # what CPython's own exit gives when the final flush fails
         os._exit(code)

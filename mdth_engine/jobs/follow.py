@@ -275,7 +275,7 @@ def follow_job(
         if backend is None:
             from mdth_engine.jobs.manage import _settings_for
 
-            backend = get_backend(spec.backend, store, settings or _settings_for(store))
+            backend = get_backend(spec.backend, store, settings or _settings_for(store), spec.operation)
         supervisor = Supervisor(
             store, spec, backend, sink, stale_after=stale_after, launch_grace=launch_grace
         )

@@ -222,7 +222,7 @@ def retry_job(
     """Relaunch failed, dead or cancelled shards (or those given); their workers redo only unsettled units."""
     spec = rec.load_spec(store, job_id)
     settings = settings or _settings_for(store)
-    backend = get_backend(spec.backend, store, settings)
+    backend = get_backend(spec.backend, store, settings, spec.operation)  # it launches workers
     if rec.cancel_requested(store, job_id):
         rec.clear_cancel(store, job_id)
     records = rec.read_shards(store, spec)

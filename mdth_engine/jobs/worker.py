@@ -38,9 +38,9 @@ FLUSH_UNITS = 500
 LOG_UPLOAD_S = 30.0
 RATE_WINDOW_S = 30.0
 LEFTOVER_MAX_AGE_S = 86400.0  # a temp file or spool folder whose writer cannot be asked is gone after a day
-# ``mdth-{job_id}-{shard}-p{pid}-{random}`` spool folders (``mdth-{job_id}-{shard}-{random}`` before pids), and
-# ``mdth-plan-p{pid}-{random}`` planning folders (``mdth-plan-{random}`` before pids).
-_SPOOL = re.compile(r"mdth-(?:[a-z][a-z0-9-]*-\d+-|plan-)(?:p(?P<pid>\d+)-)?[a-z0-9_]{8}")
+# ``mdth-{job_id}-{shard}-p{pid}-{random}`` spool folders and ``mdth-plan-p{pid}-{random}`` planning folders:
+# only names that carry their writer's pid are ever removed (a user's own ``mdth-...`` folder never is).
+_SPOOL = re.compile(r"mdth-(?:[a-z][a-z0-9-]*-\d+-|plan-)p(?P<pid>\d+)-[a-z0-9_]{8}")
 
 
 @dataclasses.dataclass
@@ -199,16 +199,18 @@ async def arun_shard(
         )
     )
 
-    swept = await asyncio.to_thread(sweep_leftovers, store)
-    if swept:
-        sink(
-            Event(Kind.INFO, spec.operation, job=job_id, message=f"removed {swept} leftovers of killed runs")
-        )
     spool = Path(tempfile.mkdtemp(prefix=f"mdth-{job_id}-{shard}-p{os.getpid()}-"))
     writer = _Writer(store, job_id, shard, record.attempt, progress, flush_s, sink, spec.operation)
     error: Exception | None = None
     try:
-        await asyncio.to_thread(rec.write_shard, store, progress.snapshot())
+        await asyncio.to_thread(rec.write_shard, store, progress.snapshot())  # started, before any long work
+        swept = await asyncio.to_thread(sweep_leftovers, store)
+        if swept:
+            sink(
+                Event(
+                    Kind.INFO, spec.operation, job=job_id, message=f"removed {swept} leftovers of killed runs"
+                )
+            )
         stage = get_stage(spec.operation, StageContext(run_settings, store, spool, sink, job_id))
         run.summary = await _run_with_heartbeat(
             stage, todo, run_settings, sink, writer, heartbeat_s, handle_signals
@@ -381,26 +383,22 @@ def _stop(task: asyncio.Future, reasons: list[str], reason: str) -> None:
 
 
 def sweep_leftovers(store: Any) -> int:
-    """Remove what killed runs left: temp files in a local lake and spool folders here whose writer is dead
-    (or, when it cannot be asked, that are older than a day). Returns how many; never fails the shard."""
+    """Remove what killed runs left: temp files in a local lake whose writer is dead (or, when it cannot be
+    asked, that are older than a day) and spool folders here whose process is gone. Returns how many; never
+    fails the shard."""
     from mdth_engine.storage.local import LocalStore, pid_alive
 
     removed = 0
     if isinstance(store, LocalStore):  # a gs:// lake has no temp objects: uploads spool locally
         with contextlib.suppress(Exception):
             removed += len(store.sweep_temp(older_than_s=LEFTOVER_MAX_AGE_S))
-    cutoff = time.time() - LEFTOVER_MAX_AGE_S
     with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
         for entry in entries:
             match = _SPOOL.fullmatch(entry.name)
             if match is None or not entry.is_dir(follow_symlinks=False):
                 continue
             with contextlib.suppress(OSError):
-                if match["pid"]:
-                    gone = not pid_alive(int(match["pid"]))
-                else:
-                    gone = entry.stat(follow_symlinks=False).st_mtime <= cutoff
-                if gone:
+                if not pid_alive(int(match["pid"])):
                     shutil.rmtree(entry.path)
                     removed += 1
     return removed

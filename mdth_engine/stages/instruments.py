@@ -327,6 +327,9 @@ class InstrumentsStage:
 
         venues: list[str] = unit.params["venues"]
         types: list[str] = unit.params.get("types") or list(INSTRUMENT_TYPES)
+        on_file = await asyncio.to_thread(read_instruments, self.ctx.store, unit.output)
+        # A venue enters a day's master whole: a later request for other types must find them there.
+        known = set(on_file["venue"].to_pylist()) if on_file is not None and on_file.num_rows else set()
         rows: list[dict[str, Any]] = []
         unkeyed: dict[str, dict[str, Any]] = {}
         for venue in venues:
@@ -344,12 +347,12 @@ class InstrumentsStage:
             if snap.missing:
                 self._warn((venue,), f"venue {venue}: {snap.missing}; tick sizes, expiries from symbols only")
             venue_rows, venue_unkeyed = rows_for_day(snap, unit.day)
-            rows += [r for r in venue_rows if r["instrument_type"] in types]
+            rows += [r for r in venue_rows if venue not in known or r["instrument_type"] in types]
             if venue_unkeyed:
                 unkeyed[venue] = {"count": len(venue_unkeyed), "first": venue_unkeyed[:UNKEYED_SHOWN]}
                 self._warn(("unkeyed", venue, *venue_unkeyed), self._unkeyed_message(snap, venue_unkeyed))
         store = self.ctx.store
-        existing = await asyncio.to_thread(self._existing_rows, unit.output, venues, types)
+        existing = self._existing_rows(on_file, venues, types)
         table = to_table(existing + rows)
         digest = content_hash(table)
         extra = {"unkeyed": unkeyed} if unkeyed else {}
@@ -374,9 +377,9 @@ class InstrumentsStage:
             extra=extra,
         )
 
-    def _existing_rows(self, path: str, venues: list[str], types: list[str]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _existing_rows(table: pa.Table | None, venues: list[str], types: list[str]) -> list[dict[str, Any]]:
         """Rows of the (venue, type) pairs this run does not rebuild, kept as they are."""
-        table = read_instruments(self.ctx.store, path)
         if table is None or not table.num_rows:
             return []
         rebuilt = pc.and_(

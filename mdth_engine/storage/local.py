@@ -7,8 +7,11 @@ that is gone, by age otherwise. Nothing else is ever deleted except by ``delete`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
+import functools
+import hashlib
 import io
 import os
 import re
@@ -37,9 +40,18 @@ _READ_BUFFER = 64 * 1024
 _TEMP_WRITER = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{12}$")
 
 
+@functools.cache
 def host_tag() -> str:
-    """This host's name as temp names carry it: no dots (a name may hold ``.tmp-``), at most 32 characters."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+    """Which machine and pid namespace a temp file's writer ran in, as temp names carry it: the host name (no
+    dots: a name may hold ``.tmp-``; at most 20 characters) and a digest of the boot id and pid namespace, so a
+    cloned VM or a container sharing the host name never passes for this one."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:20] or "host"
+    identity = socket.gethostname()
+    with contextlib.suppress(OSError):
+        identity += Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with contextlib.suppress(OSError):
+        identity += str(os.stat("/proc/self/ns/pid").st_ino)
+    return f"{name}_{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
 def pid_alive(pid: int) -> bool:
