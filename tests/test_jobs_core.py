@@ -200,6 +200,7 @@ def test_a_job_is_stale_once_no_unfinished_shard_reports(fake_stage: Path):
     # an interrupted shard is relaunched soon, a launched one may still start: neither has stopped yet
     assert state(done, shard(1, rec.INTERRUPTED, 5), shard(2, rec.RUNNING, 40)) == "running"
     assert state(done, shard(1, rec.RUNNING, 500), shard(2, rec.LAUNCHED, 500)) == "running"
+    assert state(done, shard(1, rec.RUNNING, 500), shard(2, rec.LAUNCHED, 901)) == "stale"  # never started
     assert state(shard(0, rec.PENDING, 0), shard(1, rec.PENDING, 0), shard(2, rec.PENDING, 0)) == "pending"
     assert state(done, shard(1, rec.DEAD, 500), shard(2, rec.DONE, 500)) == "failed"
     status = JobStatus(spec, [done, shard(1, rec.RUNNING, 500), shard(2, rec.RUNNING, 31)], at=now)

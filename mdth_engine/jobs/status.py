@@ -12,6 +12,9 @@ from mdth_engine.storage import layout
 
 # A running shard whose heartbeat is older than this is shown (and supervised) as stale.
 STALE_AFTER_S = 30.0
+# A launched shard that never reported for this long will not start: the longest launch grace of any backend
+# (a VM's boot and package install), so a slow start is never called stopped.
+LAUNCH_GIVEN_UP_S = 900.0
 
 
 @dataclasses.dataclass
@@ -127,9 +130,12 @@ def is_stale(shard: rec.ShardRecord, now: float | None = None, stale_after: floa
 
 
 def is_stopped(shard: rec.ShardRecord, now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
-    """Not final, and its worker no longer reports: a stale heartbeat, or interrupted and not relaunched since."""
+    """Not final, and its worker no longer reports: a stale heartbeat, interrupted and not relaunched since, or
+    launched and never heard from."""
     if shard.state == rec.INTERRUPTED:
         return shard.age(now) > stale_after
+    if shard.state == rec.LAUNCHED:
+        return shard.age(now) > LAUNCH_GIVEN_UP_S
     return is_stale(shard, now, stale_after)
 
 
