@@ -105,6 +105,18 @@ def state_text(state: str) -> Text:
     return plain(state, STATE_STYLES.get(state, ""))
 
 
+SILENT_SHARD_S = 30.0  # a running shard whose heartbeat is older than this makes its job read "stale"
+
+
+def job_state(status: Any) -> str:
+    """A job's state as the console shows it: a running job with any silent shard reads ``stale``."""
+    if status.state == "running" and any(
+        s.state == "running" and s.age(status.at) > SILENT_SHARD_S for s in status.shards
+    ):
+        return "stale"
+    return status.state
+
+
 def timestamp(value: Any) -> str:
     """An epoch (s), ISO string or datetime as ``YYYY-MM-DD HH:MM:SS`` UTC."""
     if value in (None, ""):

@@ -15,6 +15,7 @@ from mdth_console.format import (
     count,
     duration,
     human_bytes,
+    job_state,
     plain,
     progress,
     short_job,
@@ -57,12 +58,9 @@ def lake_text(o: dict[str, Any]) -> Text:
 
 
 def job_cells(status: Any) -> list[Any]:
-    state = status.state
-    if state == "running" and any(s.state == "running" and s.age(status.at) > 30 for s in status.shards):
-        state = "stale"
     return [
         plain(status.job_id),
-        state_text(state),
+        state_text(job_state(status)),
         progress(status.units_done, status.units_total),
         plain(str(status.units_failed), "red" if status.units_failed else "dim"),
         plain(duration(status.eta_s) if not status.finished else "-"),

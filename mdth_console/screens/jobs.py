@@ -12,17 +12,18 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Log, Static, TabbedContent, TabPane
 
 from mdth_console import jobactions
-from mdth_console.format import count, duration, human_bytes, plain, progress, state_text, timestamp
+from mdth_console.format import (
+    count,
+    duration,
+    human_bytes,
+    job_state,
+    plain,
+    progress,
+    state_text,
+    timestamp,
+)
 from mdth_console.screens.base import BaseScreen
 from mdth_console.widgets.table import KeyedTable
-
-
-def shown_state(status: Any) -> str:
-    if status.state == "running" and any(
-        s.state == "running" and s.age(status.at) > 30 for s in status.shards
-    ):
-        return "stale"
-    return status.state
 
 
 class JobsScreen(BaseScreen):
@@ -75,7 +76,7 @@ class JobsScreen(BaseScreen):
                     j.job_id,
                     [
                         plain(j.job_id),
-                        state_text(shown_state(j)),
+                        state_text(job_state(j)),
                         progress(j.units_done, j.units_total),
                         plain(str(j.units_failed), "red" if j.units_failed else "dim"),
                         plain(duration(j.eta_s) if not j.finished else "-"),
@@ -217,7 +218,7 @@ class JobDetailScreen(BaseScreen):
         head = Text()
         head.append(spec.job_id, style="bold")
         head.append(f"  {spec.operation} {days}\n")
-        head.append_text(state_text(shown_state(status)))
+        head.append_text(state_text(job_state(status)))
         head.append(f"  {status.units_done}/{status.units_total} units  ")
         head.append(f"{status.units_failed} failed", style="red" if status.units_failed else "")
         head.append(f"  {human_bytes(status.bytes)}")
